@@ -1,0 +1,282 @@
+"""Meters, customers, meter events and their hourly rollups.
+
+Events and rollups are written only by the ingestion core (``meters/ingestion.py``); usage
+is read only through ``meters/selectors.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+from meters.fields import ExactDecimalField
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_public_id(prefix: str, length: int = 24) -> str:
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def new_meter_id() -> str:
+    return random_public_id("mtr_")
+
+
+event_name_validator = RegexValidator(
+    r"^[A-Za-z0-9_.\-]+$",
+    "Use only letters, digits, underscores, hyphens and dots.",
+    code="invalid_event_name",
+)
+
+
+class Meter(models.Model):
+    class Formula(models.TextChoices):
+        SUM = "sum", "Sum"
+        COUNT = "count", "Count"
+        LAST = "last", "Last"
+
+    class TimeWindow(models.TextChoices):
+        HOUR = "hour", "Hour"
+        DAY = "day", "Day"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        INACTIVE = "inactive", "Inactive"
+
+    # Internal integer key keeps the events table compact; `meter_id` is Stripe's `mtr_` id.
+    meter_id = models.CharField("ID", max_length=40, default=new_meter_id, editable=False)
+    display_name = models.CharField(max_length=250)
+    event_name = models.CharField(max_length=100, validators=[event_name_validator])
+    aggregation_formula = models.CharField(
+        max_length=5, choices=Formula.choices, default=Formula.SUM
+    )
+    customer_mapping_key = models.CharField(max_length=100, default="stripe_customer_id")
+    value_settings_key = models.CharField(max_length=100, default="value")
+    event_time_window = models.CharField(
+        max_length=4, choices=TimeWindow.choices, blank=True, default=""
+    )
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["display_name"]
+        constraints = [
+            models.UniqueConstraint(fields=["meter_id"], name="meter_unique_meter_id"),
+            models.UniqueConstraint(fields=["event_name"], name="meter_unique_event_name"),
+            models.CheckConstraint(
+                condition=Q(aggregation_formula__in=["sum", "count", "last"]),
+                name="meter_formula_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="active", deactivated_at__isnull=True)
+                | Q(status="inactive", deactivated_at__isnull=False),
+                name="meter_deactivated_at_matches_status",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.event_name})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("meters:meter_detail", kwargs={"meter_id": self.meter_id})
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class Customer(models.Model):
+    # The external ID that appears in usage payloads, such as `cus_...`.
+    external_id = models.CharField("ID", max_length=255)
+    name = models.CharField(max_length=255, blank=True)
+    email = models.EmailField(max_length=254, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["external_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["external_id"], name="customer_unique_external_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})" if self.name else self.external_id
+
+    def get_absolute_url(self) -> str:
+        return reverse("meters:customer_detail", kwargs={"pk": self.pk})
+
+
+class AuditEntry(models.Model):
+    """Who did what to which object, and what changed. Never edited."""
+
+    class Action(models.TextChoices):
+        CREATE = "create", "Created"
+        UPDATE = "update", "Changed"
+        DEACTIVATE = "deactivate", "Deactivated"
+        REACTIVATE = "reactivate", "Reactivated"
+        IMPORT = "import", "Imported"
+        UPLOAD = "upload", "Uploaded"
+        CANCEL = "cancel", "Cancelled"
+        REVERT = "revert", "Reverted"
+
+    target_type = models.CharField(max_length=40)
+    target_id = models.CharField(max_length=255)
+    action = models.CharField(max_length=20, choices=Action.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    at = models.DateTimeField(auto_now_add=True)
+    changes = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [models.Index(fields=["target_type", "target_id", "-at"], name="audit_target")]
+
+    def __str__(self) -> str:
+        return f"{self.target_type}:{self.target_id} {self.action} by {self.actor} at {self.at}"
+
+
+class EventBatch(models.Model):
+    """One call into the ingestion core: a manual entry, an upload, an API request or an
+    S3 file. Every event links to the batch it arrived in, which gives its provenance."""
+
+    class Source(models.TextChoices):
+        MANUAL = "manual", "Manual entry"
+        CSV = "csv", "CSV upload"
+        API = "api", "API"
+        S3 = "s3", "S3 import"
+
+    source = models.CharField(max_length=6, choices=Source.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
+    )
+    # Validate-only runs write no events; their rejections are kept for the error file.
+    dry_run = models.BooleanField(default=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "event batches"
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()} batch {self.pk}"
+
+
+class MeterEvent(models.Model):
+    """One usage event. Immutable but for cancellation and supersession."""
+
+    identifier = models.CharField(max_length=100)
+    # No single-column FK indexes: the composite index below serves them, and every index
+    # costs time on bulk inserts.
+    meter = models.ForeignKey(
+        Meter, on_delete=models.PROTECT, related_name="events", db_index=False
+    )
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="events", db_index=False
+    )
+    timestamp = models.DateTimeField()
+    value = ExactDecimalField()
+    payload = models.JSONField(default=dict)
+    batch = models.ForeignKey(EventBatch, on_delete=models.PROTECT, related_name="events")
+    # The line of the source file the event came from, for CSV and S3.
+    line = models.PositiveIntegerField(null=True, blank=True)
+    received_at = models.DateTimeField()
+    # For meters with an event_time_window, only the most recently received event of a
+    # (customer, window) counts; the ones it replaced are superseded.
+    superseded = models.BooleanField(default=False)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+    )
+
+    class Meta:
+        constraints = [
+            # A constraint, not unique=True: no redundant `_like` index on PostgreSQL.
+            models.UniqueConstraint(fields=["identifier"], name="meterevent_unique_identifier"),
+        ]
+        indexes = [
+            models.Index(fields=["meter", "customer", "timestamp"], name="event_meter_cust_ts"),
+        ]
+
+    def __str__(self) -> str:
+        return self.identifier
+
+    @property
+    def event_name(self) -> str:
+        return self.meter.event_name
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.cancelled_at is not None
+
+
+class UsageRollup(models.Model):
+    """Counted usage per (meter, customer, UTC hour): what sum, count and last need.
+
+    Written in the same transaction as the events it summarises. "Last" is the value of the
+    counted event with the greatest (timestamp, id) in the hour.
+    """
+
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_index=False)
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    hour = models.DateTimeField()
+    value_sum = ExactDecimalField()
+    event_count = models.BigIntegerField()
+    last_value = ExactDecimalField(null=True)
+    last_timestamp = models.DateTimeField(null=True)
+    last_event_id = models.BigIntegerField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["meter", "customer", "hour"], name="rollup_unique_meter_customer_hour"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.meter_id}/{self.customer_id}@{self.hour:%Y-%m-%d %H}:00"
+
+
+class EventRejection(models.Model):
+    """An event the core refused, kept so staff can see and fix it."""
+
+    batch = models.ForeignKey(
+        EventBatch, on_delete=models.CASCADE, related_name="rejections", db_index=False
+    )
+    line = models.PositiveIntegerField(null=True, blank=True)
+    column = models.CharField(max_length=255, blank=True)
+    code = models.CharField(max_length=64)
+    message = models.TextField()
+    identifier = models.CharField(max_length=255, blank=True)
+    event_name = models.CharField(max_length=255, blank=True)
+    meter = models.ForeignKey(
+        Meter, null=True, blank=True, on_delete=models.SET_NULL, db_index=False
+    )
+    customer_ref = models.CharField(max_length=255, blank=True)
+    # The event as it was received (for CSV, the original row's columns).
+    raw = models.JSONField(default=dict)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["batch", "line"], name="rejection_batch_line"),
+            models.Index(fields=["meter", "created"], name="rejection_meter_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"

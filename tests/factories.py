@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import factory
+from django.contrib.auth.models import Group, User
+
+from meters.models import Customer, Meter
+from usage_portal.roles import Role
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        django_get_or_create = ("username",)
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    first_name = factory.Faker("first_name")
+    email = factory.LazyAttribute(lambda user: f"{user.username}@example.com")
+    password = factory.django.Password("portal-test-password")
+
+    @factory.post_generation
+    def role(self, create: bool, extracted: Role | None, **kwargs: object) -> None:
+        if create and extracted:
+            self.groups.add(Group.objects.get(name=extracted.value))
+
+
+class MeterFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Meter
+
+    display_name = factory.Sequence(lambda n: f"API calls {n}")
+    event_name = factory.Sequence(lambda n: f"api_calls_{n}")
+    aggregation_formula = Meter.Formula.SUM
+
+
+class CustomerFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Customer
+
+    external_id = factory.Sequence(lambda n: f"cus_{n:06d}")
+    name = factory.Faker("company")
+    email = factory.Sequence(lambda n: f"billing{n}@example.com")
