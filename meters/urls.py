@@ -2,8 +2,12 @@ from __future__ import annotations
 
 from django.urls import path
 
-from meters import views
+from meters.views import customers, events, meters
 
 app_name = "meters"
 
-urlpatterns: list = []
+urlpatterns = [
+    # Meters (meters/views/meters.py)
+    # Customers (meters/views/customers.py)
+    # Events: explorer, manual entry, cancellation (meters/views/events.py)
+]

@@ -1,0 +1,1 @@
+"""Views of the meters app, one module per entity: meters, customers and events."""
