@@ -11,7 +11,9 @@ import redis
 def main(database_url: str, broker_url: str) -> int:
     problems = []
     try:
-        with psycopg.connect(database_url.replace("postgres://", "postgresql://"), connect_timeout=5):
+        with psycopg.connect(
+            database_url.replace("postgres://", "postgresql://"), connect_timeout=5
+        ):
             pass
     except psycopg.Error as error:
         problems.append(f"PostgreSQL is unreachable at {database_url}: {error}".strip())

@@ -28,8 +28,12 @@ if not SECRET_KEY:
     if not DEBUG and env_bool("DJANGO_REQUIRE_SECRET_KEY", default=False):
         raise RuntimeError("DJANGO_SECRET_KEY must be set in production.")
     SECRET_KEY = "insecure-development-key-set-DJANGO_SECRET_KEY-in-production"  # noqa: S105
-ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+ALLOWED_HOSTS = [
+    h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h
+]
+CSRF_TRUSTED_ORIGINS = [
+    o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -175,7 +179,9 @@ if env_bool("DJANGO_SECURE", default=False):
 # --- Usage Portal ---------------------------------------------------------------------------
 # How far back an event's timestamp may lie, and how far ahead (Stripe: 35 days, 5 minutes).
 USAGE_TIMESTAMP_MAX_AGE_DAYS = int(os.environ.get("USAGE_TIMESTAMP_MAX_AGE_DAYS", "35"))
-USAGE_TIMESTAMP_MAX_FUTURE_SECONDS = int(os.environ.get("USAGE_TIMESTAMP_MAX_FUTURE_SECONDS", "300"))
+USAGE_TIMESTAMP_MAX_FUTURE_SECONDS = int(
+    os.environ.get("USAGE_TIMESTAMP_MAX_FUTURE_SECONDS", "300")
+)
 USAGE_UPLOAD_MAX_BYTES = int(os.environ.get("USAGE_UPLOAD_MAX_BYTES", str(1024**3)))
 
 LOGGING = {

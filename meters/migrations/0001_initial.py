@@ -9,7 +9,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -18,128 +17,353 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Customer',
+            name="Customer",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('external_id', models.CharField(max_length=255, verbose_name='ID')),
-                ('name', models.CharField(blank=True, max_length=255)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('created', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("external_id", models.CharField(max_length=255, verbose_name="ID")),
+                ("name", models.CharField(blank=True, max_length=255)),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                ("created", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['external_id'],
-                'constraints': [models.UniqueConstraint(fields=('external_id',), name='customer_unique_external_id')],
+                "ordering": ["external_id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("external_id",), name="customer_unique_external_id"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='EventBatch',
+            name="EventBatch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(choices=[('manual', 'Manual entry'), ('csv', 'CSV upload'), ('api', 'API'), ('s3', 'S3 import')], max_length=6)),
-                ('dry_run', models.BooleanField(default=False)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("manual", "Manual entry"),
+                            ("csv", "CSV upload"),
+                            ("api", "API"),
+                            ("s3", "S3 import"),
+                        ],
+                        max_length=6,
+                    ),
+                ),
+                ("dry_run", models.BooleanField(default=False)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'event batches',
+                "verbose_name_plural": "event batches",
             },
         ),
         migrations.CreateModel(
-            name='Meter',
+            name="Meter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('meter_id', models.CharField(default=meters.models.new_meter_id, editable=False, max_length=40, verbose_name='ID')),
-                ('display_name', models.CharField(max_length=250)),
-                ('event_name', models.CharField(max_length=100, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9_.\\-]+$', 'Use only letters, digits, underscores, hyphens and dots.', code='invalid_event_name')])),
-                ('aggregation_formula', models.CharField(choices=[('sum', 'Sum'), ('count', 'Count'), ('last', 'Last')], default='sum', max_length=5)),
-                ('customer_mapping_key', models.CharField(default='stripe_customer_id', max_length=100)),
-                ('value_settings_key', models.CharField(default='value', max_length=100)),
-                ('event_time_window', models.CharField(blank=True, choices=[('hour', 'Hour'), ('day', 'Day')], default='', max_length=4)),
-                ('status', models.CharField(choices=[('active', 'Active'), ('inactive', 'Inactive')], default='active', max_length=8)),
-                ('deactivated_at', models.DateTimeField(blank=True, null=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "meter_id",
+                    models.CharField(
+                        default=meters.models.new_meter_id,
+                        editable=False,
+                        max_length=40,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("display_name", models.CharField(max_length=250)),
+                (
+                    "event_name",
+                    models.CharField(
+                        max_length=100,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[A-Za-z0-9_.\\-]+$",
+                                "Use only letters, digits, underscores, hyphens and dots.",
+                                code="invalid_event_name",
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "aggregation_formula",
+                    models.CharField(
+                        choices=[("sum", "Sum"), ("count", "Count"), ("last", "Last")],
+                        default="sum",
+                        max_length=5,
+                    ),
+                ),
+                (
+                    "customer_mapping_key",
+                    models.CharField(default="stripe_customer_id", max_length=100),
+                ),
+                ("value_settings_key", models.CharField(default="value", max_length=100)),
+                (
+                    "event_time_window",
+                    models.CharField(
+                        blank=True,
+                        choices=[("hour", "Hour"), ("day", "Day")],
+                        default="",
+                        max_length=4,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("active", "Active"), ("inactive", "Inactive")],
+                        default="active",
+                        max_length=8,
+                    ),
+                ),
+                ("deactivated_at", models.DateTimeField(blank=True, null=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['display_name'],
-                'constraints': [models.UniqueConstraint(fields=('meter_id',), name='meter_unique_meter_id'), models.UniqueConstraint(fields=('event_name',), name='meter_unique_event_name'), models.CheckConstraint(condition=models.Q(('aggregation_formula__in', ['sum', 'count', 'last'])), name='meter_formula_valid'), models.CheckConstraint(condition=models.Q(models.Q(('deactivated_at__isnull', True), ('status', 'active')), models.Q(('deactivated_at__isnull', False), ('status', 'inactive')), _connector='OR'), name='meter_deactivated_at_matches_status')],
+                "ordering": ["display_name"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("meter_id",), name="meter_unique_meter_id"),
+                    models.UniqueConstraint(fields=("event_name",), name="meter_unique_event_name"),
+                    models.CheckConstraint(
+                        condition=models.Q(("aggregation_formula__in", ["sum", "count", "last"])),
+                        name="meter_formula_valid",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("deactivated_at__isnull", True), ("status", "active")),
+                            models.Q(("deactivated_at__isnull", False), ("status", "inactive")),
+                            _connector="OR",
+                        ),
+                        name="meter_deactivated_at_matches_status",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='AuditEntry',
+            name="AuditEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('target_type', models.CharField(max_length=40)),
-                ('target_id', models.CharField(max_length=255)),
-                ('action', models.CharField(choices=[('create', 'Created'), ('update', 'Changed'), ('deactivate', 'Deactivated'), ('reactivate', 'Reactivated'), ('import', 'Imported'), ('upload', 'Uploaded'), ('cancel', 'Cancelled'), ('revert', 'Reverted')], max_length=20)),
-                ('at', models.DateTimeField(auto_now_add=True)),
-                ('changes', models.JSONField(blank=True, default=dict)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("target_type", models.CharField(max_length=40)),
+                ("target_id", models.CharField(max_length=255)),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            ("create", "Created"),
+                            ("update", "Changed"),
+                            ("deactivate", "Deactivated"),
+                            ("reactivate", "Reactivated"),
+                            ("import", "Imported"),
+                            ("upload", "Uploaded"),
+                            ("cancel", "Cancelled"),
+                            ("revert", "Reverted"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("at", models.DateTimeField(auto_now_add=True)),
+                ("changes", models.JSONField(blank=True, default=dict)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'audit entries',
-                'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['target_type', 'target_id', '-at'], name='audit_target')],
+                "verbose_name_plural": "audit entries",
+                "ordering": ["-at", "-id"],
+                "indexes": [
+                    models.Index(fields=["target_type", "target_id", "-at"], name="audit_target")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='EventRejection',
+            name="EventRejection",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('line', models.PositiveIntegerField(blank=True, null=True)),
-                ('column', models.CharField(blank=True, max_length=255)),
-                ('code', models.CharField(max_length=64)),
-                ('message', models.TextField()),
-                ('identifier', models.CharField(blank=True, max_length=255)),
-                ('event_name', models.CharField(blank=True, max_length=255)),
-                ('customer_ref', models.CharField(blank=True, max_length=255)),
-                ('raw', models.JSONField(default=dict)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('batch', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='rejections', to='meters.eventbatch')),
-                ('meter', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, to='meters.meter')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("line", models.PositiveIntegerField(blank=True, null=True)),
+                ("column", models.CharField(blank=True, max_length=255)),
+                ("code", models.CharField(max_length=64)),
+                ("message", models.TextField()),
+                ("identifier", models.CharField(blank=True, max_length=255)),
+                ("event_name", models.CharField(blank=True, max_length=255)),
+                ("customer_ref", models.CharField(blank=True, max_length=255)),
+                ("raw", models.JSONField(default=dict)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                (
+                    "batch",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="rejections",
+                        to="meters.eventbatch",
+                    ),
+                ),
+                (
+                    "meter",
+                    models.ForeignKey(
+                        blank=True,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to="meters.meter",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['batch', 'line'], name='rejection_batch_line'), models.Index(fields=['meter', 'created'], name='rejection_meter_created')],
+                "indexes": [
+                    models.Index(fields=["batch", "line"], name="rejection_batch_line"),
+                    models.Index(fields=["meter", "created"], name="rejection_meter_created"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='MeterEvent',
+            name="MeterEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('identifier', models.CharField(max_length=100)),
-                ('timestamp', models.DateTimeField()),
-                ('value', meters.fields.ExactDecimalField()),
-                ('payload', models.JSONField(default=dict)),
-                ('line', models.PositiveIntegerField(blank=True, null=True)),
-                ('received_at', models.DateTimeField()),
-                ('superseded', models.BooleanField(default=False)),
-                ('cancelled_at', models.DateTimeField(blank=True, null=True)),
-                ('batch', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='events', to='meters.eventbatch')),
-                ('cancelled_by', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('customer', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='events', to='meters.customer')),
-                ('meter', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='events', to='meters.meter')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("identifier", models.CharField(max_length=100)),
+                ("timestamp", models.DateTimeField()),
+                ("value", meters.fields.ExactDecimalField()),
+                ("payload", models.JSONField(default=dict)),
+                ("line", models.PositiveIntegerField(blank=True, null=True)),
+                ("received_at", models.DateTimeField()),
+                ("superseded", models.BooleanField(default=False)),
+                ("cancelled_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "batch",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="events",
+                        to="meters.eventbatch",
+                    ),
+                ),
+                (
+                    "cancelled_by",
+                    models.ForeignKey(
+                        blank=True,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "customer",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="events",
+                        to="meters.customer",
+                    ),
+                ),
+                (
+                    "meter",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="events",
+                        to="meters.meter",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['meter', 'customer', 'timestamp'], name='event_meter_cust_ts')],
-                'constraints': [models.UniqueConstraint(fields=('identifier',), name='meterevent_unique_identifier')],
+                "indexes": [
+                    models.Index(
+                        fields=["meter", "customer", "timestamp"], name="event_meter_cust_ts"
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("identifier",), name="meterevent_unique_identifier"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UsageRollup',
+            name="UsageRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('hour', models.DateTimeField()),
-                ('value_sum', meters.fields.ExactDecimalField()),
-                ('event_count', models.BigIntegerField()),
-                ('last_value', meters.fields.ExactDecimalField(null=True)),
-                ('last_timestamp', models.DateTimeField(null=True)),
-                ('last_event_id', models.BigIntegerField(null=True)),
-                ('customer', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='meters.customer')),
-                ('meter', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='meters.meter')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("hour", models.DateTimeField()),
+                ("value_sum", meters.fields.ExactDecimalField()),
+                ("event_count", models.BigIntegerField()),
+                ("last_value", meters.fields.ExactDecimalField(null=True)),
+                ("last_timestamp", models.DateTimeField(null=True)),
+                ("last_event_id", models.BigIntegerField(null=True)),
+                (
+                    "customer",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="meters.customer",
+                    ),
+                ),
+                (
+                    "meter",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="meters.meter",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('meter', 'customer', 'hour'), name='rollup_unique_meter_customer_hour')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("meter", "customer", "hour"),
+                        name="rollup_unique_meter_customer_hour",
+                    )
+                ],
             },
         ),
     ]
