@@ -14,21 +14,118 @@ INTERFACE CONTRACT (implemented by the ingestion-core work; other modules code a
     report.totals_by_meter -> {meter_pk: MeterTotal(event_count, value_sum)} of accepted events
     meter_event_cancel(event=..., user=...)
     event_batch_cancel(batch=..., user=...) -> number of events cancelled
+    event_rejections_record(batch=..., rejections=[RejectionInput(...)])  # a source's own
+        parse failures (bad timestamp format...), stored like the core's rejections
+
+DECISIONS
+
+Validation. The first failing check decides the code, in this order: identifier length
+(``identifier_too_long``, more than 100 characters), ``no_meter``, ``archived_meter``,
+``meter_event_no_customer_defined``, ``meter_event_customer_not_found``,
+``meter_event_value_not_found``, ``meter_event_invalid_value``,
+``meter_event_value_too_many_digits``, ``timestamp_too_far_in_past``,
+``timestamp_in_future``. Payload values are strings; surrounding whitespace is ignored and an
+empty string counts as missing.
+
+Values. A value is a plain decimal number (``12``, ``-3.5``, ``.5``, ``1e3``); NaN, Infinity,
+thousands separators and underscores are ``meter_event_invalid_value``. Significant digits
+are counted on the normalised number (leading zeros and trailing fractional zeros do not
+count: ``0.0012`` has 2, ``1.500`` has 2, ``1000000000000000`` has 1 but
+``1000000000000001`` has 16). Values whose magnitude lies outside 1e-30..1e30 are invalid.
+Count meters need no value: they count events. A count meter's event stores the value it was
+given (validated like any other) or 1 when it has none; only the number of events counts.
+
+Timestamps are timezone-aware (naive ones are a programming error: ``ValueError``), stored in
+UTC truncated to the second. Missing: now. The window is
+``settings.USAGE_TIMESTAMP_MAX_AGE_DAYS`` days back and
+``settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS`` ahead of ``now``.
+
+Identifiers. Missing: ``evt_`` + 32 hex digits of a uuid4. Unique forever. An event whose
+identifier is already stored (or appeared earlier in the same batch, where the first valid
+one wins) is a ``duplicate`` when its content is the same, and a rejection with
+``duplicate_meter_event_conflict`` otherwise. SAME CONTENT means the same meter (event
+name), the same customer, the same value (numerically: ``1.0`` equals ``1``) and the same
+timestamp (to the second) -- the timestamp is not compared when the new event has none,
+so a retried "now" event is still a duplicate. Other payload keys do NOT count: they are not
+metered. A rejected event claims no identifier. A cancelled event keeps its identifier:
+sending it again is a duplicate (or a conflict) and does not revive it.
+
+Receipt order. Event ids are allocated in input order (PostgreSQL: from the sequence before
+the insert), so "most recently received" means the greatest id, also within one batch.
+
+Rollups. ``UsageRollup`` per (meter, customer, UTC hour) holds the sum and count of the
+counted events (not cancelled, not superseded) and the "last" one: the counted event with
+the greatest (timestamp, id). Meters with an ``event_time_window`` (hour or day) count only
+the most recently received non-cancelled event per (customer, window); the others are
+``superseded``. Cancelling that event makes the most recently received non-cancelled event
+of its window count again. Rollups are written in the same transaction as the events.
+
+Concurrency (PostgreSQL). Events are inserted in identifier order with
+``ON CONFLICT (identifier) DO NOTHING``; whatever was not inserted is compared with the
+committed row. Then one rollup row per lock key -- (meter, customer, hour) for raw meters,
+(meter, customer, window start) for windowed ones -- is created if missing and locked with
+``FOR UPDATE`` in sorted key order, before any rollup or supersession is written.
+Cancellation takes the same locks, in the same order, before it touches the events. Rollup
+rows with zero events can therefore remain on PostgreSQL; the selectors treat them as empty.
+
+Dry runs (``batch.dry_run``) validate and deduplicate exactly like real runs (against stored
+events and within the batch) and record rejections, but write no events and no rollups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from meters.models import (
+    AuditEntry,
+    Customer,
+    EventBatch,
+    EventRejection,
+    Meter,
+    MeterEvent,
+    UsageRollup,
+)
+
+MAX_IDENTIFIER_LENGTH = 100
+MAX_VALUE_DIGITS = 15
+_MAX_VALUE_EXPONENT = 30
+_VALUE_PATTERN = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_IN_CHUNK = 500  # parameters per IN (...) on SQLite
 
 
 class Outcome(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+
+
+class Code(StrEnum):
+    IDENTIFIER_TOO_LONG = "identifier_too_long"
+    NO_METER = "no_meter"
+    ARCHIVED_METER = "archived_meter"
+    NO_CUSTOMER_DEFINED = "meter_event_no_customer_defined"
+    CUSTOMER_NOT_FOUND = "meter_event_customer_not_found"
+    VALUE_NOT_FOUND = "meter_event_value_not_found"
+    INVALID_VALUE = "meter_event_invalid_value"
+    VALUE_TOO_MANY_DIGITS = "meter_event_value_too_many_digits"
+    TIMESTAMP_TOO_FAR_IN_PAST = "timestamp_too_far_in_past"
+    TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+    DUPLICATE_CONFLICT = "duplicate_meter_event_conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +155,823 @@ class EventResult:
 class MeterTotal:
     event_count: int = 0
     value_sum: Decimal = field(default_factory=Decimal)
+
+
+@dataclass(slots=True)
+class IngestReport:
+    batch: EventBatch
+    results: list[EventResult]
+    totals_by_meter: dict[int, MeterTotal]
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionInput:
+    """A rejection found by a source before the core (e.g. an unparseable CSV timestamp)."""
+
+    code: str
+    message: str
+    line: int | None = None
+    column: str = ""
+    identifier: str = ""
+    event_name: str = ""
+    customer_ref: str = ""
+    raw: Mapping[str, Any] | None = None
+
+
+# --- Batches ---------------------------------------------------------------------------------
+def event_batch_create(
+    *, source: str, user: AbstractBaseUser | None = None, dry_run: bool = False
+) -> EventBatch:
+    if source not in EventBatch.Source.values:
+        raise ValidationError(f"Unknown event source {source!r}.", code="invalid_source")
+    return EventBatch.objects.create(source=source, user=user, dry_run=dry_run)
+
+
+def event_rejections_record(*, batch: EventBatch, rejections: Iterable[RejectionInput]) -> int:
+    rows = [
+        EventRejection(
+            batch=batch,
+            line=item.line,
+            column=item.column[:255],
+            code=item.code,
+            message=item.message,
+            identifier=item.identifier[:255],
+            event_name=item.event_name[:255],
+            customer_ref=item.customer_ref[:255],
+            raw=dict(item.raw or {}),
+        )
+        for item in rejections
+    ]
+    EventRejection.objects.bulk_create(rows, batch_size=1000)
+    return len(rows)
+
+
+# --- Validation ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Candidate:
+    """An event that passed validation and waits for deduplication and storage."""
+
+    index: int
+    identifier: str
+    meter: Meter
+    customer_id: int
+    timestamp: datetime
+    timestamp_given: bool
+    value: Decimal
+    payload: dict[str, Any]
+    line: int | None
+    event_id: int | None = None
+
+    def same_content(
+        self, meter_id: int, customer_id: int, timestamp: datetime, value: Any
+    ) -> bool:
+        return self.differences(meter_id, customer_id, timestamp, value) == []
+
+    def differences(
+        self, meter_id: int, customer_id: int, timestamp: datetime, value: Any
+    ) -> list[str]:
+        different = []
+        if meter_id != self.meter.pk:
+            different.append("event_name")
+        if customer_id != self.customer_id:
+            different.append("customer")
+        if self.timestamp_given and timestamp != self.timestamp:
+            different.append("timestamp")
+        if Decimal(value) != self.value:
+            different.append("value")
+        return different
+
+
+class _Rejected(Exception):
+    def __init__(self, code: Code, message: str, param: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+def new_identifier() -> str:
+    return "evt_" + uuid.uuid4().hex
+
+
+def value_parse(raw: str) -> Decimal:
+    """The value of a payload string, or ``_Rejected`` with Stripe's code."""
+    text = raw.strip()
+    if not _VALUE_PATTERN.match(text):
+        raise _Rejected(
+            Code.INVALID_VALUE,
+            f"The value in the event payload must be a number. Received {raw!r}.",
+        )
+    try:
+        value = Decimal(text)
+    except InvalidOperation as error:  # pragma: no cover - the pattern admits only numbers
+        raise _Rejected(Code.INVALID_VALUE, f"Received {raw!r}.") from error
+    normalized = value.normalize()
+    if value != 0 and abs(normalized.adjusted()) > _MAX_VALUE_EXPONENT:
+        raise _Rejected(
+            Code.INVALID_VALUE,
+            f"The value in the event payload is out of range. Received {text}.",
+        )
+    if len(normalized.as_tuple().digits) > MAX_VALUE_DIGITS:
+        raise _Rejected(
+            Code.VALUE_TOO_MANY_DIGITS,
+            f"The value in the event payload can have at most {MAX_VALUE_DIGITS} digits. "
+            f"Received {text}.",
+        )
+    # Keep the written scale ("2.50"), but spell large exponents out ("1E+3" -> 1000).
+    if value.as_tuple().exponent > 0:  # type: ignore[operator]
+        value = value.quantize(Decimal(1))
+    return value
+
+
+def _clean(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _duration_words(seconds: int) -> str:
+    if seconds % 60 == 0:
+        minutes = seconds // 60
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+@dataclass(slots=True)
+class _Context:
+    now: datetime
+    oldest: datetime
+    newest: datetime
+    meters: dict[str, Meter]
+    customers: dict[str, int]
+
+
+def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
+    identifier = event.identifier if event.identifier and event.identifier.strip() else None
+    if identifier is not None and len(identifier) > MAX_IDENTIFIER_LENGTH:
+        raise _Rejected(
+            Code.IDENTIFIER_TOO_LONG,
+            f"The identifier can have at most {MAX_IDENTIFIER_LENGTH} characters. "
+            f"Received {len(identifier)} characters.",
+            "identifier",
+        )
+    event_name = _clean(event.event_name)
+    meter = ctx.meters.get(event_name)
+    if meter is None:
+        message = (
+            f"No meter was found matching event_name {event_name}."
+            if event_name
+            else "The event has no event_name."
+        )
+        raise _Rejected(Code.NO_METER, message, "event_name")
+    if not meter.is_active:
+        raise _Rejected(
+            Code.ARCHIVED_METER,
+            f"The meter {meter.display_name} ({meter.meter_id}) for event_name {event_name} "
+            "is inactive and accepts no events.",
+            "event_name",
+        )
+    payload = event.payload
+    customer_key = meter.customer_mapping_key
+    customer_ref = _clean(payload.get(customer_key))
+    if not customer_ref:
+        raise _Rejected(
+            Code.NO_CUSTOMER_DEFINED,
+            f"Customer mapping key {customer_key} not found in payload.",
+            f"payload[{customer_key}]",
+        )
+    customer_id = ctx.customers.get(customer_ref)
+    if customer_id is None:
+        raise _Rejected(
+            Code.CUSTOMER_NOT_FOUND,
+            f"No customer was found with ID {customer_ref}.",
+            f"payload[{customer_key}]",
+        )
+    value_key = meter.value_settings_key
+    value_text = _clean(payload.get(value_key))
+    if not value_text:
+        if meter.aggregation_formula != Meter.Formula.COUNT:
+            raise _Rejected(
+                Code.VALUE_NOT_FOUND,
+                f"Value key {value_key} not found in payload.",
+                f"payload[{value_key}]",
+            )
+        value = Decimal(1)
+    else:
+        try:
+            value = value_parse(value_text)
+        except _Rejected as rejected:
+            rejected.param = f"payload[{value_key}]"
+            raise
+    if event.timestamp is None:
+        timestamp = ctx.now.replace(microsecond=0)
+    else:
+        if timezone.is_naive(event.timestamp):
+            raise ValueError("EventInput.timestamp must be timezone-aware.")
+        timestamp = event.timestamp.astimezone(UTC).replace(microsecond=0)
+    if timestamp < ctx.oldest:
+        raise _Rejected(
+            Code.TIMESTAMP_TOO_FAR_IN_PAST,
+            f"The timestamp {timestamp:%Y-%m-%d %H:%M:%S} UTC is more than "
+            f"{settings.USAGE_TIMESTAMP_MAX_AGE_DAYS} days in the past.",
+            "timestamp",
+        )
+    if timestamp > ctx.newest:
+        raise _Rejected(
+            Code.TIMESTAMP_IN_FUTURE,
+            f"The timestamp {timestamp:%Y-%m-%d %H:%M:%S} UTC is more than "
+            f"{_duration_words(settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS)} in the future.",
+            "timestamp",
+        )
+    return _Candidate(
+        index=index,
+        identifier=identifier or new_identifier(),
+        meter=meter,
+        customer_id=customer_id,
+        timestamp=timestamp,
+        timestamp_given=event.timestamp is not None,
+        value=value,
+        payload={str(k): v if isinstance(v, str) else _clean(v) for k, v in payload.items()},
+        line=event.line,
+    )
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _load_context(events: Sequence[EventInput], now: datetime) -> _Context:
+    names = {_clean(event.event_name) for event in events} - {""}
+    meters: dict[str, Meter] = {}
+    for chunk in _chunks(sorted(names), _IN_CHUNK):
+        meters.update((m.event_name, m) for m in Meter.objects.filter(event_name__in=chunk))
+    refs: set[str] = set()
+    for event in events:
+        meter = meters.get(_clean(event.event_name))
+        if meter is not None:
+            ref = _clean(event.payload.get(meter.customer_mapping_key))
+            if ref:
+                refs.add(ref)
+    customers: dict[str, int] = {}
+    for chunk in _chunks(sorted(refs), _IN_CHUNK):
+        customers.update(
+            Customer.objects.filter(external_id__in=chunk).values_list("external_id", "pk")
+        )
+    return _Context(
+        now=now,
+        oldest=now - timedelta(days=settings.USAGE_TIMESTAMP_MAX_AGE_DAYS),
+        newest=now + timedelta(seconds=settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS),
+        meters=meters,
+        customers=customers,
+    )
+
+
+def _raw_of(event: EventInput) -> dict[str, Any]:
+    if event.raw is not None:
+        return dict(event.raw)
+    raw: dict[str, Any] = {"event_name": event.event_name, "identifier": event.identifier or ""}
+    raw["timestamp"] = event.timestamp.isoformat() if event.timestamp else ""
+    raw.update({f"payload[{k}]": v for k, v in event.payload.items()})
+    return raw
+
+
+# --- Ingestion -------------------------------------------------------------------------------
+def meter_events_ingest(
+    *, events: Sequence[EventInput], batch: EventBatch, now: datetime | None = None
+) -> IngestReport:
+    """Validate, deduplicate and store ``events`` as part of ``batch``; see the module doc."""
+    now = (now or timezone.now()).astimezone(UTC)
+    ctx = _load_context(events, now)
+    results: list[EventResult | None] = [None] * len(events)
+    rejections: list[EventRejection] = []
+
+    def reject(index: int, code: Code, message: str, param: str, meter: Meter | None) -> None:
+        event = events[index]
+        identifier = event.identifier or ""
+        results[index] = EventResult(
+            Outcome.REJECTED, identifier, code.value, message, param, meter.pk if meter else None
+        )
+        customer_ref = _clean(event.payload.get(meter.customer_mapping_key)) if meter else ""
+        rejections.append(
+            EventRejection(
+                batch=batch,
+                line=event.line,
+                column=param,
+                code=code.value,
+                message=message,
+                identifier=identifier[:255],
+                event_name=_clean(event.event_name)[:255],
+                meter=meter,
+                customer_ref=customer_ref[:255],
+                raw=_raw_of(event),
+            )
+        )
+
+    first_by_identifier: dict[str, _Candidate] = {}
+    fresh: list[_Candidate] = []
+    for index, event in enumerate(events):
+        try:
+            candidate = _validate(index, event, ctx)
+        except _Rejected as rejected:
+            meter = ctx.meters.get(_clean(event.event_name))
+            reject(index, rejected.code, rejected.message, rejected.param, meter)
+            continue
+        first = first_by_identifier.get(candidate.identifier)
+        if first is None:
+            first_by_identifier[candidate.identifier] = candidate
+            fresh.append(candidate)
+            continue
+        differences = first.differences(
+            candidate.meter.pk, candidate.customer_id, candidate.timestamp, candidate.value
+        )
+        if differences:
+            reject(
+                index,
+                Code.DUPLICATE_CONFLICT,
+                _conflict_message(candidate.identifier, differences, "earlier in this batch"),
+                "identifier",
+                candidate.meter,
+            )
+        else:
+            results[index] = EventResult(
+                Outcome.DUPLICATE,
+                candidate.identifier,
+                meter_pk=candidate.meter.pk,
+                value=candidate.value,
+            )
+
+    with transaction.atomic():
+        if batch.dry_run:
+            stored = _stored_by_identifier([c.identifier for c in fresh])
+            existing = {c.index: stored[c.identifier] for c in fresh if c.identifier in stored}
+        elif connection.vendor == "postgresql":
+            existing = _write_postgres(fresh, batch, now)
+        else:
+            existing = _write_plain(fresh, batch, now)
+        totals: dict[int, MeterTotal] = defaultdict(MeterTotal)
+        for candidate in fresh:
+            stored_row = existing.get(candidate.index)
+            if stored_row is None:
+                results[candidate.index] = EventResult(
+                    Outcome.ACCEPTED,
+                    candidate.identifier,
+                    meter_pk=candidate.meter.pk,
+                    value=candidate.value,
+                )
+                total = totals[candidate.meter.pk]
+                total.event_count += 1
+                total.value_sum += candidate.value
+                continue
+            differences = candidate.differences(*stored_row)
+            if differences:
+                reject(
+                    candidate.index,
+                    Code.DUPLICATE_CONFLICT,
+                    _conflict_message(candidate.identifier, differences, "already"),
+                    "identifier",
+                    candidate.meter,
+                )
+            else:
+                results[candidate.index] = EventResult(
+                    Outcome.DUPLICATE,
+                    candidate.identifier,
+                    meter_pk=candidate.meter.pk,
+                    value=candidate.value,
+                )
+        EventRejection.objects.bulk_create(rejections, batch_size=1000)
+
+    final = [result for result in results if result is not None]
+    assert len(final) == len(events)
+    report = IngestReport(batch=batch, results=final, totals_by_meter=dict(totals))
+    for result in final:
+        if result.outcome == Outcome.ACCEPTED:
+            report.accepted += 1
+        elif result.outcome == Outcome.DUPLICATE:
+            report.duplicates += 1
+        else:
+            report.rejected += 1
+    return report
+
+
+def _conflict_message(identifier: str, differences: list[str], where: str) -> str:
+    fields = ", ".join(differences)
+    if where == "already":
+        return (
+            f"An event already exists with identifier {identifier}, with a different {fields}. "
+            "It was not changed."
+        )
+    return f"Identifier {identifier} was used {where} with a different {fields}."
+
+
+StoredRow = tuple[int, int, datetime, Decimal]  # meter_id, customer_id, timestamp, value
+
+
+def _stored_by_identifier(identifiers: Sequence[str]) -> dict[str, StoredRow]:
+    stored: dict[str, StoredRow] = {}
+    for chunk in _chunks(identifiers, _IN_CHUNK):
+        for identifier, *row in MeterEvent.objects.filter(identifier__in=chunk).values_list(
+            "identifier", "meter_id", "customer_id", "timestamp", "value"
+        ):
+            stored[identifier] = tuple(row)  # type: ignore[assignment]
+    return stored
+
+
+def _window_of(meter: Meter, timestamp: datetime) -> tuple[datetime, datetime]:
+    """The lock/recompute range of an event: its hour, or its pre-aggregation window."""
+    hour = timestamp.replace(minute=0, second=0, microsecond=0)
+    if meter.event_time_window == Meter.TimeWindow.DAY:
+        day = hour.replace(hour=0)
+        return day, day + timedelta(days=1)
+    return hour, hour + timedelta(hours=1)
+
+
+# --- PostgreSQL: COPY into a staging table, set-based insert and rollups ----------------------
+_STAGE_COLUMNS = "id, identifier, meter_id, customer_id, ts, value, payload, line, lock_hour, rend"
+
+
+def _write_postgres(
+    candidates: list[_Candidate], batch: EventBatch, now: datetime
+) -> dict[int, StoredRow]:
+    """Insert the new events; return {candidate index: stored row} for identifiers taken."""
+    if not candidates:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('meters_meterevent', 'id')) "
+            "FROM generate_series(1, %s)",
+            [len(candidates)],
+        )
+        ids = sorted(row[0] for row in cursor.fetchall())
+        by_id: dict[int, _Candidate] = {}
+        for candidate, event_id in zip(candidates, ids, strict=True):
+            candidate.event_id = event_id
+            by_id[event_id] = candidate
+        cursor.execute("DROP TABLE IF EXISTS meter_event_stage")
+        cursor.execute(
+            "CREATE TEMP TABLE meter_event_stage (id bigint, identifier text, meter_id bigint, "
+            "customer_id bigint, ts timestamptz, value numeric, payload jsonb, line integer, "
+            "lock_hour timestamptz, rend timestamptz, windowed boolean) ON COMMIT DROP"
+        )
+        with cursor.copy(f"COPY meter_event_stage ({_STAGE_COLUMNS}, windowed) FROM STDIN") as copy:
+            for candidate in candidates:
+                lock_hour, rend = _window_of(candidate.meter, candidate.timestamp)
+                copy.write_row(
+                    (
+                        candidate.event_id,
+                        candidate.identifier,
+                        candidate.meter.pk,
+                        candidate.customer_id,
+                        candidate.timestamp,
+                        candidate.value,
+                        json.dumps(candidate.payload),
+                        candidate.line,
+                        lock_hour,
+                        rend,
+                        bool(candidate.meter.event_time_window),
+                    )
+                )
+        # Sorted by identifier so that two batches sharing identifiers wait, never deadlock.
+        cursor.execute(
+            "INSERT INTO meters_meterevent (id, identifier, meter_id, customer_id, timestamp, "
+            "value, payload, batch_id, line, received_at, superseded) "
+            "SELECT id, identifier, meter_id, customer_id, ts, value, payload, %s, line, %s, "
+            'false FROM meter_event_stage ORDER BY identifier COLLATE "C" '
+            "ON CONFLICT (identifier) DO NOTHING",
+            [batch.pk, now],
+        )
+        cursor.execute(
+            "DELETE FROM meter_event_stage s USING meters_meterevent e "
+            "WHERE e.identifier = s.identifier AND e.id <> s.id "
+            "RETURNING s.id, e.meter_id, e.customer_id, e.timestamp, e.value"
+        )
+        existing = {by_id[row[0]].index: tuple(row[1:]) for row in cursor.fetchall()}
+        cursor.execute("SELECT 1 FROM meter_event_stage LIMIT 1")
+        if cursor.fetchone() is None:
+            return existing  # type: ignore[return-value]
+        _pg_lock(cursor, "SELECT DISTINCT meter_id, customer_id, lock_hour FROM meter_event_stage")
+        # Raw meters: merge the new events into their hours.
+        cursor.execute(
+            "INSERT INTO meters_usagerollup AS r (meter_id, customer_id, hour, value_sum, "
+            "event_count, last_value, last_timestamp, last_event_id) "
+            "SELECT a.meter_id, a.customer_id, a.lock_hour, a.total, a.events, l.value, l.ts, "
+            "l.id FROM (SELECT meter_id, customer_id, lock_hour, sum(value) AS total, "
+            "count(*) AS events FROM meter_event_stage WHERE NOT windowed GROUP BY 1, 2, 3) a "
+            "JOIN (SELECT DISTINCT ON (meter_id, customer_id, lock_hour) meter_id, customer_id, "
+            "lock_hour, value, ts, id FROM meter_event_stage WHERE NOT windowed "
+            "ORDER BY meter_id, customer_id, lock_hour, ts DESC, id DESC) l "
+            "USING (meter_id, customer_id, lock_hour) ORDER BY 1, 2, 3 "
+            "ON CONFLICT (meter_id, customer_id, hour) DO UPDATE SET "
+            "value_sum = r.value_sum + EXCLUDED.value_sum, "
+            "event_count = r.event_count + EXCLUDED.event_count, "
+            "last_value = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
+            "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
+            "THEN EXCLUDED.last_value ELSE r.last_value END, "
+            "last_event_id = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
+            "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
+            "THEN EXCLUDED.last_event_id ELSE r.last_event_id END, "
+            "last_timestamp = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
+            "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
+            "THEN EXCLUDED.last_timestamp ELSE r.last_timestamp END"
+        )
+        # Windowed meters: re-decide which event counts in each touched window.
+        cursor.execute("DROP TABLE IF EXISTS meter_rollup_ranges")
+        cursor.execute(
+            "CREATE TEMP TABLE meter_rollup_ranges ON COMMIT DROP AS "
+            "SELECT DISTINCT meter_id, customer_id, lock_hour AS rstart, rend "
+            "FROM meter_event_stage WHERE windowed"
+        )
+        _pg_recompute(cursor, windows=True)
+        cursor.execute("DROP TABLE meter_event_stage")
+    return existing  # type: ignore[return-value]
+
+
+def _pg_lock(cursor: Any, keys_sql: str, params: Sequence[Any] = ()) -> None:
+    """Create (if missing) and lock the rollup rows that serialise writers, in key order."""
+    cursor.execute(
+        "INSERT INTO meters_usagerollup (meter_id, customer_id, hour, value_sum, event_count) "
+        f"SELECT k.*, 0, 0 FROM ({keys_sql}) k ORDER BY 1, 2, 3 "
+        "ON CONFLICT (meter_id, customer_id, hour) DO NOTHING",
+        params,
+    )
+    cursor.execute(
+        "SELECT r.id FROM meters_usagerollup r "
+        f"JOIN ({keys_sql}) k (meter_id, customer_id, hour) "
+        "ON r.meter_id = k.meter_id AND r.customer_id = k.customer_id AND r.hour = k.hour "
+        "ORDER BY r.meter_id, r.customer_id, r.hour FOR UPDATE OF r",
+        params,
+    )
+
+
+def _pg_recompute(cursor: Any, *, windows: bool) -> None:
+    """Recompute rollups (and, for windowed meters, supersession) over the distinct,
+    non-overlapping ranges in ``meter_rollup_ranges``. The caller holds the locks."""
+    cursor.execute("SELECT 1 FROM meter_rollup_ranges LIMIT 1")
+    if cursor.fetchone() is None:
+        return
+    in_range = (
+        "e.meter_id = g.meter_id AND e.customer_id = g.customer_id "
+        "AND e.timestamp >= g.rstart AND e.timestamp < g.rend"
+    )
+    if windows:
+        cursor.execute(
+            "UPDATE meters_meterevent e SET superseded = (e.id <> w.winner) FROM ("
+            "SELECT g.*, (SELECT max(e.id) FROM meters_meterevent e "
+            f"WHERE {in_range} AND e.cancelled_at IS NULL) AS winner "
+            "FROM meter_rollup_ranges g) w "
+            "WHERE e.meter_id = w.meter_id AND e.customer_id = w.customer_id "
+            "AND e.timestamp >= w.rstart AND e.timestamp < w.rend AND e.cancelled_at IS NULL "
+            "AND e.superseded <> (e.id <> w.winner)"
+        )
+    cursor.execute(
+        "UPDATE meters_usagerollup r SET value_sum = 0, event_count = 0, last_value = NULL, "
+        "last_timestamp = NULL, last_event_id = NULL FROM meter_rollup_ranges g "
+        "WHERE r.meter_id = g.meter_id AND r.customer_id = g.customer_id "
+        "AND r.hour >= g.rstart AND r.hour < g.rend AND r.event_count <> 0"
+    )
+    counted = (
+        "SELECT e.meter_id, e.customer_id, date_trunc('hour', e.timestamp, 'UTC') AS hour, "
+        "e.value, e.timestamp, e.id FROM meters_meterevent e JOIN meter_rollup_ranges g "
+        f"ON {in_range} WHERE e.cancelled_at IS NULL AND NOT e.superseded"
+    )
+    cursor.execute(
+        f"WITH counted AS ({counted}) "
+        "INSERT INTO meters_usagerollup AS r (meter_id, customer_id, hour, value_sum, "
+        "event_count, last_value, last_timestamp, last_event_id) "
+        "SELECT a.meter_id, a.customer_id, a.hour, a.total, a.events, l.value, l.timestamp, "
+        "l.id FROM (SELECT meter_id, customer_id, hour, sum(value) AS total, count(*) AS events "
+        "FROM counted GROUP BY 1, 2, 3) a JOIN (SELECT DISTINCT ON (meter_id, customer_id, hour) "
+        "meter_id, customer_id, hour, value, timestamp, id FROM counted "
+        "ORDER BY meter_id, customer_id, hour, timestamp DESC, id DESC) l "
+        "USING (meter_id, customer_id, hour) ORDER BY 1, 2, 3 "
+        "ON CONFLICT (meter_id, customer_id, hour) DO UPDATE SET "
+        "value_sum = EXCLUDED.value_sum, event_count = EXCLUDED.event_count, "
+        "last_value = EXCLUDED.last_value, last_timestamp = EXCLUDED.last_timestamp, "
+        "last_event_id = EXCLUDED.last_event_id"
+    )
+    cursor.execute("DROP TABLE meter_rollup_ranges")
+
+
+# --- Plain path (SQLite): ORM writes, rollups recomputed in Python ---------------------------
+RangeKey = tuple[int, int, datetime, datetime]  # meter_id, customer_id, start, end
+
+
+def _write_plain(
+    candidates: list[_Candidate], batch: EventBatch, now: datetime
+) -> dict[int, StoredRow]:
+    stored = _stored_by_identifier([c.identifier for c in candidates])
+    existing = {c.index: stored[c.identifier] for c in candidates if c.identifier in stored}
+    new = [c for c in candidates if c.index not in existing]
+    if not new:
+        return existing
+    # In input order: ids follow receipt order. SQLite serialises writers, so no lock order.
+    objects = MeterEvent.objects.bulk_create(
+        [
+            MeterEvent(
+                identifier=c.identifier,
+                meter=c.meter,
+                customer_id=c.customer_id,
+                timestamp=c.timestamp,
+                value=c.value,
+                payload=c.payload,
+                batch=batch,
+                line=c.line,
+                received_at=now,
+            )
+            for c in new
+        ],
+        batch_size=500,
+    )
+    for candidate, obj in zip(new, objects, strict=True):
+        candidate.event_id = obj.pk
+    ranges = {(c.meter.pk, c.customer_id, *_window_of(c.meter, c.timestamp)) for c in new}
+    windowed = {c.meter.pk for c in new if c.meter.event_time_window}
+    _plain_recompute(ranges, windowed)
+    return existing
+
+
+def _plain_recompute(ranges: set[RangeKey], windowed_meters: set[int]) -> None:
+    """Recompute supersession (windowed meters) and rollups over ``ranges`` from raw events."""
+    by_pair: dict[tuple[int, int], list[tuple[datetime, datetime]]] = defaultdict(list)
+    for meter_id, customer_id, start, end in ranges:
+        by_pair[(meter_id, customer_id)].append((start, end))
+    for (meter_id, customer_id), spans in by_pair.items():
+        low = min(start for start, _ in spans)
+        high = max(end for _, end in spans)
+        rows = list(
+            MeterEvent.objects.filter(
+                meter_id=meter_id,
+                customer_id=customer_id,
+                timestamp__gte=low,
+                timestamp__lt=high,
+                cancelled_at__isnull=True,
+            ).values_list("id", "timestamp", "value", "superseded")
+        )
+
+        def span_of(timestamp: datetime, spans: list[tuple[datetime, datetime]] = spans) -> int:
+            for position, (start, end) in enumerate(spans):
+                if start <= timestamp < end:
+                    return position
+            return -1
+
+        rows = [row for row in rows if span_of(row[1]) >= 0]
+        if meter_id in windowed_meters:
+            winners: dict[int, int] = {}
+            for event_id, timestamp, _, _ in rows:
+                position = span_of(timestamp)
+                winners[position] = max(winners.get(position, 0), event_id)
+            newly_superseded = [
+                row[0] for row in rows if row[0] != winners[span_of(row[1])] and not row[3]
+            ]
+            revived = [row[0] for row in rows if row[0] == winners[span_of(row[1])] and row[3]]
+            for chunk in _chunks(newly_superseded, _IN_CHUNK):
+                MeterEvent.objects.filter(pk__in=chunk).update(superseded=True)
+            for chunk in _chunks(revived, _IN_CHUNK):
+                MeterEvent.objects.filter(pk__in=chunk).update(superseded=False)
+            winner_ids = set(winners.values())
+            rows = [row for row in rows if row[0] in winner_ids]
+        else:
+            rows = [row for row in rows if not row[3]]
+        buckets: dict[datetime, list[tuple[int, datetime, Decimal]]] = defaultdict(list)
+        for event_id, timestamp, value, _ in rows:
+            buckets[timestamp.replace(minute=0, second=0, microsecond=0)].append(
+                (event_id, timestamp, value)
+            )
+        for start, end in spans:
+            UsageRollup.objects.filter(
+                meter_id=meter_id, customer_id=customer_id, hour__gte=start, hour__lt=end
+            ).exclude(hour__in=list(buckets)).delete()
+        current = {
+            rollup.hour: rollup
+            for rollup in UsageRollup.objects.filter(
+                meter_id=meter_id, customer_id=customer_id, hour__in=list(buckets)
+            )
+        }
+        to_create, to_update = [], []
+        for hour, events in buckets.items():
+            last_id, last_timestamp, last_value = max(events, key=lambda e: (e[1], e[0]))
+            rollup = current.get(hour) or UsageRollup(
+                meter_id=meter_id, customer_id=customer_id, hour=hour
+            )
+            rollup.value_sum = sum((value for _, _, value in events), Decimal(0))
+            rollup.event_count = len(events)
+            rollup.last_value = last_value
+            rollup.last_timestamp = last_timestamp
+            rollup.last_event_id = last_id
+            (to_update if rollup.pk else to_create).append(rollup)
+        UsageRollup.objects.bulk_create(to_create, batch_size=500)
+        UsageRollup.objects.bulk_update(
+            to_update,
+            ["value_sum", "event_count", "last_value", "last_timestamp", "last_event_id"],
+            batch_size=500,
+        )
+
+
+# --- Cancellation ----------------------------------------------------------------------------
+class EventCancelError(ValidationError):
+    pass
+
+
+def meter_event_cancel(
+    *, event: MeterEvent, user: AbstractBaseUser, now: datetime | None = None
+) -> MeterEvent:
+    """Cancel one event; its rollups (and its window, for pre-aggregated meters) stay exact."""
+    with transaction.atomic():
+        cancelled = _events_cancel(event_ids=[event.pk], batch=None, user=user, now=now)
+        if not cancelled:
+            raise EventCancelError(
+                f"Event {event.identifier} is already cancelled.", code="already_cancelled"
+            )
+        event.refresh_from_db()
+        AuditEntry.objects.create(
+            target_type="event",
+            target_id=str(event.pk),
+            action=AuditEntry.Action.CANCEL,
+            actor=user,
+            changes={
+                "identifier": [event.identifier, event.identifier],
+                "status": ["accepted", "cancelled"],
+            },
+        )
+    return event
+
+
+def event_batch_cancel(
+    *, batch: EventBatch, user: AbstractBaseUser, now: datetime | None = None
+) -> int:
+    """Cancel every not yet cancelled event of ``batch``; return how many were cancelled."""
+    with transaction.atomic():
+        cancelled = _events_cancel(event_ids=None, batch=batch, user=user, now=now)
+        AuditEntry.objects.create(
+            target_type="batch",
+            target_id=str(batch.pk),
+            action=AuditEntry.Action.CANCEL,
+            actor=user,
+            changes={"events_cancelled": [0, cancelled]},
+        )
+    return cancelled
+
+
+def _events_cancel(
+    *,
+    event_ids: list[int] | None,
+    batch: EventBatch | None,
+    user: AbstractBaseUser,
+    now: datetime | None,
+) -> int:
+    now = now or timezone.now()
+    if event_ids is not None:
+        condition, params = "e.id = ANY(%s)", [event_ids]
+        queryset = MeterEvent.objects.filter(pk__in=event_ids)
+    else:
+        assert batch is not None
+        condition, params = "e.batch_id = %s", [batch.pk]
+        queryset = MeterEvent.objects.filter(batch=batch)
+    queryset = queryset.filter(cancelled_at__isnull=True)
+    if connection.vendor != "postgresql":
+        rows = list(
+            queryset.values_list(
+                "pk", "meter_id", "customer_id", "timestamp", "meter__event_time_window"
+            )
+        )
+        meters = {meter.pk: meter for meter in Meter.objects.filter(pk__in={r[1] for r in rows})}
+        cancelled = 0
+        for chunk in _chunks([r[0] for r in rows], _IN_CHUNK):
+            cancelled += MeterEvent.objects.filter(pk__in=chunk, cancelled_at__isnull=True).update(
+                cancelled_at=now, cancelled_by=user
+            )
+        ranges = {(r[1], r[2], *_window_of(meters[r[1]], r[3])) for r in rows}
+        _plain_recompute(ranges, {pk for pk, m in meters.items() if m.event_time_window})
+        return cancelled
+    keys = (
+        "SELECT DISTINCT e.meter_id, e.customer_id, "
+        "CASE WHEN m.event_time_window = 'day' THEN date_trunc('day', e.timestamp, 'UTC') "
+        "ELSE date_trunc('hour', e.timestamp, 'UTC') END AS hour, "
+        "CASE WHEN m.event_time_window = 'day' THEN interval '1 day' ELSE interval '1 hour' "
+        "END AS span, m.event_time_window <> '' AS windowed "
+        "FROM meters_meterevent e JOIN meters_meter m ON m.id = e.meter_id "
+        f"WHERE {condition} AND e.cancelled_at IS NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS meter_cancel_keys")
+        cursor.execute(f"CREATE TEMP TABLE meter_cancel_keys ON COMMIT DROP AS {keys}", params)
+        # Locks first, then the events: ingestion takes them in the same order.
+        _pg_lock(cursor, "SELECT meter_id, customer_id, hour FROM meter_cancel_keys")
+        cursor.execute(
+            f"UPDATE meters_meterevent e SET cancelled_at = %s, cancelled_by_id = %s "
+            f"WHERE {condition} AND e.cancelled_at IS NULL",
+            [now, user.pk, *params],
+        )
+        cancelled = cursor.rowcount
+        for windowed in (True, False):
+            cursor.execute("DROP TABLE IF EXISTS meter_rollup_ranges")
+            cursor.execute(
+                "CREATE TEMP TABLE meter_rollup_ranges ON COMMIT DROP AS SELECT meter_id, "
+                "customer_id, hour AS rstart, hour + span AS rend FROM meter_cancel_keys "
+                "WHERE windowed = %s",
+                [windowed],
+            )
+            _pg_recompute(cursor, windows=windowed)
+        cursor.execute("DROP TABLE meter_cancel_keys")
+    return cancelled
