@@ -9,8 +9,17 @@ app_name = "meters"
 urlpatterns = [
     # Meters (meters/views/meters.py)
     path("meters/", meters.meter_list, name="meter_list"),
+    path("meters/new/", meters.meter_create, name="meter_create"),
+    path("meters/<str:meter_id>/", meters.meter_detail, name="meter_detail"),
+    path("meters/<str:meter_id>/edit/", meters.meter_edit, name="meter_edit"),
+    path("meters/<str:meter_id>/deactivate/", meters.meter_deactivate, name="meter_deactivate"),
+    path("meters/<str:meter_id>/reactivate/", meters.meter_reactivate, name="meter_reactivate"),
     # Customers (meters/views/customers.py)
     path("customers/", customers.customer_list, name="customer_list"),
+    path("customers/new/", customers.customer_create, name="customer_create"),
+    path("customers/import/", customers.customer_import, name="customer_import"),
+    path("customers/<int:pk>/", customers.customer_detail, name="customer_detail"),
+    path("customers/<int:pk>/edit/", customers.customer_edit, name="customer_edit"),
     # Events: explorer, manual entry, cancellation (meters/views/events.py)
     path("events/", events.event_list, name="event_list"),
 ]

@@ -1,15 +1,121 @@
+"""Customer pages: list with search, create, detail, edit and CSV import.
+
+Every role reads; admins write. The detail page leaves ``<section id="customer-usage">`` for
+the usage views of later work.
+"""
+
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
 
+from meters import selectors, services
+from meters.forms import CustomerCreateForm, CustomerEditForm, CustomerImportForm
+from meters.models import Customer
 from usage_portal.roles import Role, role_required
+from usage_portal.types import HtmxHttpRequest
+
+CUSTOMERS_PER_PAGE = 50
+# An import can report up to 10,000 row errors; the page lists this many.
+IMPORT_ERRORS_SHOWN = 1000
 
 
 @require_GET
 @role_required(Role.SUPPORT)
-def customer_list(
-    request: HttpRequest,
-) -> HttpResponse:  # placeholder, replaced by the customers work
-    return render(request, "home.html", {"nav": "customers"})
+def customer_list(request: HtmxHttpRequest) -> HttpResponse:
+    search = request.GET.get("q", "")
+    page = selectors.page_of(
+        selectors.customer_list(search=search),
+        number=request.GET.get("page"),
+        per_page=CUSTOMERS_PER_PAGE,
+    )
+    template = "meters/customer_list.html"
+    if request.htmx and not request.htmx.boosted:
+        template += "#results"
+    return render(request, template, {"nav": "customers", "page": page, "q": search})
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def customer_create(request: HtmxHttpRequest) -> HttpResponse:
+    form = CustomerCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            customer = services.customer_create(actor=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(request, f"Customer {customer.external_id} created.")
+            return redirect(customer)
+    return render(request, "meters/customer_form.html", {"nav": "customers", "form": form})
+
+
+@require_GET
+@role_required(Role.SUPPORT)
+def customer_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    customer = get_object_or_404(Customer, pk=pk)
+    return render(
+        request,
+        "meters/customer_detail.html",
+        {
+            "nav": "customers",
+            "customer": customer,
+            "history": selectors.audit_entries_for(target=customer),
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def customer_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    customer = get_object_or_404(Customer, pk=pk)
+    form = CustomerEditForm(
+        request.POST or None,
+        initial={"name": customer.name, "email": customer.email, "metadata": customer.metadata},
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            customer = services.customer_update(
+                customer=customer, actor=request.user, **form.cleaned_data
+            )
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(request, f"Customer {customer.external_id} saved.")
+            return redirect(customer)
+    return render(
+        request,
+        "meters/customer_form.html",
+        {"nav": "customers", "form": form, "customer": customer},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def customer_import(request: HtmxHttpRequest) -> HttpResponse:
+    form = CustomerImportForm(request.POST or None, request.FILES or None)
+    result = None
+    if request.method == "POST" and form.is_valid():
+        result = services.customers_import_csv(
+            actor=request.user, data=form.cleaned_data["file"].read()
+        )
+        if result.file_error:
+            form.add_error("file", result.file_error)
+        elif result.rows_imported:
+            messages.success(
+                request,
+                f"{result.rows_imported} of {result.rows_total} customers imported.",
+            )
+    return render(
+        request,
+        "meters/customer_import.html",
+        {
+            "nav": "customers",
+            "form": form,
+            "result": result,
+            "errors_shown": result.errors[:IMPORT_ERRORS_SHOWN] if result else [],
+        },
+    )

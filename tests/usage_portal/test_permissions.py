@@ -56,8 +56,17 @@ EXPECTED: dict[str, Expect] = {
     "home": Expect(S),
     # meters: meters
     "meters:meter_list": Expect(S),
+    "meters:meter_create": Expect(A),
+    "meters:meter_detail": Expect(S),
+    "meters:meter_edit": Expect(A),
+    "meters:meter_deactivate": Expect(A, method="post"),
+    "meters:meter_reactivate": Expect(A, method="post", pk="inactive_meter"),
     # meters: customers
     "meters:customer_list": Expect(S),
+    "meters:customer_create": Expect(A),
+    "meters:customer_import": Expect(A),
+    "meters:customer_detail": Expect(S, pk="customer"),
+    "meters:customer_edit": Expect(A, pk="customer"),
     # meters: events
     "meters:event_list": Expect(S),
     # uploads
