@@ -65,7 +65,9 @@ Concurrency (PostgreSQL). Events are inserted in identifier order with
 committed row. Then one rollup row per lock key -- (meter, customer, hour) for raw meters,
 (meter, customer, window start) for windowed ones -- is created if missing and locked with
 ``FOR UPDATE`` in sorted key order, before any rollup or supersession is written.
-Cancellation takes the same locks, in the same order, before it touches the events. Rollup
+Cancellation takes the same locks, in the same order, before it touches the events.
+Cancellations are audited (``AuditEntry`` for the event, "meters.meterevent", or the batch,
+"meters.eventbatch", named as ``meters.services.audit_target`` names every object). Rollup
 rows with zero events can therefore remain on PostgreSQL; the selectors treat them as empty.
 
 Dry runs (``batch.dry_run``) validate and deduplicate exactly like real runs (against stored
@@ -100,6 +102,7 @@ from meters.models import (
     MeterEvent,
     UsageRollup,
 )
+from meters.services import audit_record
 
 MAX_IDENTIFIER_LENGTH = 100
 MAX_VALUE_DIGITS = 15
@@ -884,15 +887,11 @@ def meter_event_cancel(
                 f"Event {event.identifier} is already cancelled.", code="already_cancelled"
             )
         event.refresh_from_db()
-        AuditEntry.objects.create(
-            target_type="event",
-            target_id=str(event.pk),
+        audit_record(
+            target=event,
             action=AuditEntry.Action.CANCEL,
             actor=user,
-            changes={
-                "identifier": [event.identifier, event.identifier],
-                "status": ["accepted", "cancelled"],
-            },
+            changes={"status": ["accepted", "cancelled"]},
         )
     return event
 
@@ -903,9 +902,8 @@ def event_batch_cancel(
     """Cancel every not yet cancelled event of ``batch``; return how many were cancelled."""
     with transaction.atomic():
         cancelled = _events_cancel(event_ids=None, batch=batch, user=user, now=now)
-        AuditEntry.objects.create(
-            target_type="batch",
-            target_id=str(batch.pk),
+        audit_record(
+            target=batch,
             action=AuditEntry.Action.CANCEL,
             actor=user,
             changes={"events_cancelled": [0, cancelled]},

@@ -1,1 +1,150 @@
+"""CSV usage uploads: the stored file, its processing state and its outcome.
+
+An ``Upload`` owns one ``meters.EventBatch``; every event it brings in (and every row it
+refuses, as an ``EventRejection``) hangs off that batch, so ``batch.upload`` leads back here.
+"""
+
 from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+from meters.models import EventBatch
+
+
+class Upload(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        VALIDATING = "validating", "Validating"
+        IMPORTING = "importing", "Importing"
+        SUCCEEDED = "succeeded", "Succeeded"
+        SUCCEEDED_WITH_ERRORS = "succeeded_with_errors", "Succeeded with errors"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.VALIDATING, Status.IMPORTING)
+    RUNNING_STATUSES = (Status.VALIDATING, Status.IMPORTING)
+    FINISHED_STATUSES = (
+        Status.SUCCEEDED,
+        Status.SUCCEEDED_WITH_ERRORS,
+        Status.FAILED,
+        Status.CANCELLED,
+    )
+
+    file = models.FileField(upload_to="uploads/%Y/%m/", max_length=255, blank=True)
+    original_name = models.CharField(max_length=255)
+    size_bytes = models.BigIntegerField()
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    validate_only = models.BooleanField(default=False)
+    # A real import started from a finished validate-only run of the same stored file.
+    validated_upload = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="imports"
+    )
+    batch = models.OneToOneField(EventBatch, on_delete=models.PROTECT, related_name="upload")
+
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.QUEUED)
+    failed_reason = models.TextField(blank=True)
+    # The header row as read, so the error file repeats the original columns.
+    header = models.JSONField(default=list, blank=True)
+    rows_total = models.BigIntegerField(null=True, blank=True)  # known after validation
+    rows_read = models.BigIntegerField(default=0)
+    rows_imported = models.BigIntegerField(default=0)
+    rows_duplicate = models.BigIntegerField(default=0)
+    rows_failed = models.BigIntegerField(default=0)
+    # The resume point: data records whose outcome is committed. A retried run skips them.
+    records_committed = models.BigIntegerField(default=0)
+    # {meter pk: {"events": int, "value": "decimal"}} of the rows imported (or, for a
+    # validate-only run, the rows that would be).
+    meter_totals = models.JSONField(default=dict, blank=True)
+
+    queued_at = models.DateTimeField(null=True, blank=True)  # last handed to the broker
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # The run that owns the job; a newer run takes over and the older one stops.
+    run_token = models.CharField(max_length=32, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    reverted_at = models.DateTimeField(null=True, blank=True)
+    reverted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    events_reverted = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["status", "queued_at"], name="upload_status_queued")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(rows_imported__gte=0)
+                & Q(rows_duplicate__gte=0)
+                & Q(rows_failed__gte=0)
+                & Q(records_committed__gte=0),
+                name="upload_counters_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(reverted_at__isnull=True) | Q(validate_only=False),
+                name="upload_validate_only_never_reverted",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Upload {self.pk}: {self.original_name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("uploads:upload_detail", kwargs={"upload_pk": self.pk})
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED_STATUSES
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.is_active and self.cancel_requested_at is None
+
+    @property
+    def can_revert(self) -> bool:
+        return (
+            not self.validate_only
+            and self.reverted_at is None
+            and self.status
+            in (self.Status.SUCCEEDED, self.Status.SUCCEEDED_WITH_ERRORS, self.Status.CANCELLED)
+            and self.rows_imported > 0
+        )
+
+    @property
+    def can_import(self) -> bool:
+        """A finished validate-only run whose stored file can now be imported for real."""
+        return (
+            self.validate_only
+            and self.status in (self.Status.SUCCEEDED, self.Status.SUCCEEDED_WITH_ERRORS)
+            and bool(self.file)
+        )
+
+    def meter_total_values(self) -> dict[int, tuple[int, Decimal]]:
+        return {
+            int(pk): (int(total["events"]), Decimal(total["value"]))
+            for pk, total in self.meter_totals.items()
+        }

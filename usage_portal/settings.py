@@ -92,7 +92,8 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "db.sqlite3",
+            # USAGE_PORTAL_SQLITE_NAME points a process (a test's Celery worker) at another file.
+            "NAME": Path(os.environ.get("USAGE_PORTAL_SQLITE_NAME", VAR_DIR / "db.sqlite3")),
             # A file, not memory, so that a Celery worker started by the tests shares it.
             "TEST": {"NAME": VAR_DIR / "test-db.sqlite3"},
             "OPTIONS": {
@@ -183,6 +184,18 @@ USAGE_TIMESTAMP_MAX_FUTURE_SECONDS = int(
     os.environ.get("USAGE_TIMESTAMP_MAX_FUTURE_SECONDS", "300")
 )
 USAGE_UPLOAD_MAX_BYTES = int(os.environ.get("USAGE_UPLOAD_MAX_BYTES", str(1024**3)))
+# CSV uploads: rows per committed chunk, the longest line accepted, and when a job counts as
+# stale for the periodic re-queue (queued but never started; running with no heartbeat).
+USAGE_UPLOAD_CHUNK_ROWS = int(os.environ.get("USAGE_UPLOAD_CHUNK_ROWS", "5000"))
+USAGE_UPLOAD_MAX_LINE_BYTES = int(os.environ.get("USAGE_UPLOAD_MAX_LINE_BYTES", str(1024**2)))
+USAGE_UPLOAD_QUEUED_STALE_SECONDS = int(os.environ.get("USAGE_UPLOAD_QUEUED_STALE_SECONDS", "120"))
+USAGE_UPLOAD_RUNNING_STALE_SECONDS = int(
+    os.environ.get("USAGE_UPLOAD_RUNNING_STALE_SECONDS", "300")
+)
+CELERY_BEAT_SCHEDULE["uploads-requeue-stale"] = {
+    "task": "uploads.requeue_stale",
+    "schedule": float(os.environ.get("USAGE_UPLOAD_REQUEUE_EVERY_SECONDS", "60")),
+}
 
 LOGGING = {
     "version": 1,

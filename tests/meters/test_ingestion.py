@@ -471,7 +471,7 @@ def test_cancel_event_recomputes_rollup_and_records_audit(meter, customer, finan
     event.refresh_from_db()
     assert event.cancelled_at == NOW and event.cancelled_by == finance_user
     assert rollups(meter, customer) == {H: (Decimal(1), 1, Decimal(1))}
-    entry = AuditEntry.objects.get(target_type="event")
+    entry = AuditEntry.objects.get(target_type="meters.meterevent")
     assert (entry.target_id, entry.action, entry.actor) == (str(event.pk), "cancel", finance_user)
     with pytest.raises(Exception, match="already cancelled"):
         meter_event_cancel(event=event, user=finance_user)
@@ -498,6 +498,6 @@ def test_batch_cancel_cancels_only_that_batch(meter, customer, admin_role_user):
     assert cancelled == 2
     assert rollups(meter, customer) == {H: (Decimal(2), 1, Decimal(2))}
     assert event_batch_cancel(batch=gone.batch, user=admin_role_user) == 0
-    entry = AuditEntry.objects.filter(target_type="batch").first()
+    entry = AuditEntry.objects.filter(target_type="meters.eventbatch").first()
     assert entry.changes == {"events_cancelled": [0, 0]}
     assert User.objects.filter(pk=entry.actor_id).exists()

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from uploads.models import Upload
+
+
+@admin.register(Upload)
+class UploadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = (
+        "pk",
+        "original_name",
+        "status",
+        "validate_only",
+        "rows_read",
+        "rows_imported",
+        "rows_failed",
+        "uploaded_by",
+        "created",
+    )
+    list_filter = ("status", "validate_only")
+    search_fields = ("original_name",)
+    raw_id_fields = (
+        "uploaded_by",
+        "batch",
+        "validated_upload",
+        "reverted_by",
+        "cancel_requested_by",
+    )
+    readonly_fields = ("created",)

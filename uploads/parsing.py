@@ -1,0 +1,523 @@
+"""Reading usage CSV files: streamed, with bounded memory, and exact about every row.
+
+Format (Stripe's meter-event CSV, see the upload page's help):
+
+* A header row naming the columns. Required: ``timestamp``, ``event_name``, and for the meter
+  each row's ``event_name`` selects, ``payload_<customer key>`` and (sum and last meters)
+  ``payload_<value key>``. Optional: ``identifier``. Other ``payload_*`` columns go into the
+  payload; any other column (such as an error file's ``line``, ``error_code`` and
+  ``error_message``) is ignored, so a corrected error file can be uploaded as it is.
+* UTF-8 with or without a byte-order mark; RFC 4180 quoting, newlines inside quoted values
+  included; ``.csv.gz`` (gzip) too, recognised by its content rather than its name.
+* Timestamps: ``yyyy-MM-dd`` (00:00 UTC), ISO 8601 with or without an offset (``Z``,
+  ``+05:30``, ``+0530``; without one it is read as UTC), or Unix seconds.
+
+Line numbers are physical lines of the (decompressed) file, counting from the header as
+line 1; a record whose quoted value spans several lines is numbered by its first line.
+These are the numbers a text editor shows, and the ones the error table and file use.
+
+Why Python's ``csv`` module rather than pyarrow's streaming reader: pyarrow cannot report
+line numbers once quoted newlines are allowed, it aborts the whole stream on a record longer
+than its block (the "single 100 MB line" case) and it can only skip ragged rows, not report
+them. The ``csv`` module is C code, and each row needs a Python object for the ingestion
+core anyway.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import IO
+
+import numpy as np
+
+from meters.ingestion import EventInput
+
+GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
+# A physical line longer than the limit is replaced by this marker, which cannot occur in
+# accepted input (a NUL byte makes the whole file "binary"), and its record is refused.
+OVERLONG_MARK = "\x00"
+# Cells starting with these characters are formulas to a spreadsheet.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+REQUIRED_COLUMNS = ("timestamp", "event_name")
+IDENTIFIER_COLUMN = "identifier"
+PAYLOAD_PREFIX = "payload_"
+
+_DATE_ONLY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_UNIX_SECONDS = re.compile(r"-?\d{1,11}")
+
+
+class FileProblem(Exception):
+    """The whole file is refused; ``reason`` says why in plain words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class MeterKeys:
+    """What the parser needs to know about the meter an ``event_name`` selects."""
+
+    event_name: str
+    display_name: str
+    customer_key: str
+    value_key: str
+    needs_value: bool  # count meters need no value column
+    active: bool
+
+    @property
+    def customer_column(self) -> str:
+        return PAYLOAD_PREFIX + self.customer_key
+
+    @property
+    def value_column(self) -> str:
+        return PAYLOAD_PREFIX + self.value_key
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    code: str
+    message: str
+    column: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRow:
+    """One data record: an event for the core, or an error of its own."""
+
+    line: int
+    raw: dict[str, str]
+    event: EventInput | None = None
+    error: RowError | None = None
+
+
+@dataclass(slots=True)
+class Inspection:
+    header: list[str]
+    event_names: set[str] = field(default_factory=set)
+    records: int = 0
+
+
+# --- Bytes to lines ---------------------------------------------------------------------------
+def open_decompressed(binary: IO[bytes]) -> IO[bytes]:
+    """The file's content, gunzipped when it is gzip (by its magic bytes, not its name)."""
+    buffered = binary if isinstance(binary, io.BufferedReader) else io.BufferedReader(binary)  # type: ignore[arg-type]
+    if buffered.peek(2)[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+    return buffered
+
+
+def text_lines(binary: IO[bytes], *, max_bytes: int, max_line_bytes: int) -> Iterator[str]:
+    """Decoded physical lines, keeping their line endings, for ``csv.reader``.
+
+    Memory stays bounded by ``max_line_bytes``: a longer line is consumed in pieces and
+    replaced by ``OVERLONG_MARK``. Raises ``FileProblem`` for binary content, text that is
+    not UTF-8, a corrupt gzip stream, or content beyond ``max_bytes``.
+    """
+    total = 0
+    line_number = 0
+    readline = binary.readline
+    try:
+        while True:
+            chunk = readline(max_line_bytes + 1)
+            if not chunk:
+                return
+            line_number += 1
+            total += len(chunk)
+            if total > max_bytes:
+                raise FileProblem(_over_limit_reason(max_bytes, decompressed=True))
+            if line_number == 1 and chunk.startswith(UTF8_BOM):
+                chunk = chunk[len(UTF8_BOM) :]
+            if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
+                while chunk and not chunk.endswith(b"\n"):
+                    chunk = readline(max_line_bytes)
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise FileProblem(_over_limit_reason(max_bytes, decompressed=True))
+                yield OVERLONG_MARK + "\n"
+                continue
+            if b"\x00" in chunk:
+                raise FileProblem(
+                    f"This is not a CSV file: line {line_number} contains binary data "
+                    f"(a NUL byte). Upload a CSV text file or a gzip-compressed one (.csv.gz)."
+                )
+            try:
+                yield chunk.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise FileProblem(
+                    f"The file is not UTF-8 text: line {line_number} has bytes that are not "
+                    f"valid UTF-8 (byte {error.start + 1} of the line). It may be Latin-1 or "
+                    f"Windows-1252; save it as “CSV UTF-8” and upload it again."
+                ) from None
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise FileProblem(f"The gzip-compressed file is damaged: {error}.") from None
+
+
+def _over_limit_reason(max_bytes: int, *, decompressed: bool) -> str:
+    where = "Once decompressed, the file is" if decompressed else "The file is"
+    return (
+        f"{where} larger than the limit of {format_bytes(max_bytes)}. Split it into "
+        f"smaller files and upload each one."
+    )
+
+
+def format_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{size} bytes"  # pragma: no cover
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    line: int
+    fields: list[str]
+    error: RowError | None = None
+
+
+def records(lines: Iterable[str], *, max_line_bytes: int) -> Iterator[Record]:
+    """CSV records with the physical line each starts on; blank lines are skipped."""
+    csv.field_size_limit(max_line_bytes)
+    reader = csv.reader(lines, strict=False)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield Record(
+                start, [], RowError("malformed_row", f"This line is not valid CSV: {error}.")
+            )
+            continue
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue
+        if any(OVERLONG_MARK in value for value in fields):
+            yield Record(
+                start,
+                [],
+                RowError(
+                    "line_too_long",
+                    f"This line is longer than {format_bytes(max_line_bytes)}, the longest "
+                    f"line accepted; it was skipped.",
+                ),
+            )
+            continue
+        yield Record(start, fields)
+
+
+def unescape_cell(value: str) -> str:
+    """Undo ``escape_cell``, so a downloaded error file can be uploaded as it is."""
+    if len(value) > 1 and value[0] == "'" and value[1] in "=+-@\t\r":
+        return value[1:]
+    return value
+
+
+def escape_cell(value: str) -> str:
+    """Neutralise spreadsheet formulas (OWASP "CSV injection"): a cell starting with
+    ``= + - @`` tab or CR gets a leading quote. Plain numbers such as ``-12.5`` stay as they
+    are: a spreadsheet reads them as numbers, never as formulas, and value columns need them.
+    """
+    if value.startswith(FORMULA_PREFIXES) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def header_read(record_iter: Iterator[Record]) -> list[str]:
+    for record in record_iter:
+        if record.error:
+            raise FileProblem(
+                f"The header row (line {record.line}) cannot be read: {record.error.message}"
+            )
+        return [unescape_cell(name).strip() for name in record.fields]
+    raise FileProblem("The file is empty: it has no header row and no data rows.")
+
+
+def header_problems(header: list[str], meters_used: Iterable[MeterKeys]) -> str:
+    """Why the header cannot serve the file's rows, in plain words ("" when it can)."""
+    seen: set[str] = set()
+    repeated = [name for name in header if name in seen or seen.add(name)]  # type: ignore[func-returns-value]
+    if repeated:
+        return f"The header names these columns more than once: {', '.join(sorted(set(repeated)))}."
+    missing = [name for name in REQUIRED_COLUMNS if name not in seen]
+    if missing:
+        return (
+            f"Required columns missing: {', '.join(missing)}. The first line must be a "
+            f"header naming the columns, such as "
+            f"timestamp,event_name,payload_stripe_customer_id,payload_value."
+        )
+    needs: list[str] = []
+    for meter in sorted(meters_used, key=lambda m: m.event_name):
+        wanted = [meter.customer_column] + ([meter.value_column] if meter.needs_value else [])
+        absent = [name for name in wanted if name not in seen]
+        if absent:
+            needs.append(
+                f"{', '.join(absent)} (for meter “{meter.display_name}”, event name "
+                f"{meter.event_name})"
+            )
+    if needs:
+        return f"Required columns missing: {'; '.join(needs)}."
+    return ""
+
+
+def inspect(lines: Iterable[str], *, max_line_bytes: int) -> Inspection:
+    """A first pass over the whole file: it decodes (so bad text fails before anything is
+    imported), reads the header, counts the records and lists the event names used."""
+    record_iter = records(lines, max_line_bytes=max_line_bytes)
+    header = header_read(record_iter)
+    inspection = Inspection(header=header)
+    event_index = header.index("event_name") if "event_name" in header else None
+    names = inspection.event_names
+    for record in record_iter:
+        inspection.records += 1
+        if event_index is not None and len(record.fields) > event_index and len(names) < 10_000:
+            names.add(unescape_cell(record.fields[event_index]).strip())
+    if inspection.records == 0:
+        raise FileProblem("The file has a header row but no data rows.")
+    return inspection
+
+
+# --- Records to events ------------------------------------------------------------------------
+class TimestampError(ValueError):
+    pass
+
+
+_timestamp_cache: dict[str, datetime] = {}
+
+
+def parse_timestamp(text: str) -> datetime:
+    """``yyyy-MM-dd`` (00:00 UTC), ISO 8601 (UTC when it has no offset) or Unix seconds."""
+    cached = _timestamp_cache.get(text)
+    if cached is not None:
+        return cached
+    try:
+        if match := _DATE_ONLY.fullmatch(text):
+            year, month, day = (int(part) for part in match.groups())
+            result = datetime(year, month, day, tzinfo=UTC)
+        elif _UNIX_SECONDS.fullmatch(text):
+            result = datetime.fromtimestamp(int(text), tz=UTC)
+        else:
+            parsed = datetime.fromisoformat(text)
+            result = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        raise TimestampError(text) from None
+    if len(_timestamp_cache) > 100_000:
+        _timestamp_cache.clear()
+    _timestamp_cache[text] = result
+    return result
+
+
+def normalized_value(text: str) -> str:
+    """``1.50``, ``1.5`` and ``15e-1`` are the same value; anything else stays as written."""
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return text
+    if not number.is_finite():
+        return text
+    return format(number.normalize(), "f") if number else "0"
+
+
+class OccurrenceCounter:
+    """How many identical rows (by content key) came before each row in the file.
+
+    Memory: 8 bytes per distinct row in sorted numpy runs, merged like a binary counter, plus
+    an exact count only for the rare keys that do repeat.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+        self._repeats: dict[int, int] = {}
+
+    def _seen(self, keys: np.ndarray) -> np.ndarray:
+        seen = np.zeros(len(keys), dtype=bool)
+        for run in self._runs:
+            positions = np.searchsorted(run, keys)
+            positions[positions == len(run)] = len(run) - 1
+            seen |= run[positions] == keys
+        return seen
+
+    def count(self, keys: list[int]) -> list[int]:
+        """Occurrences before each key, in order; then remembers them."""
+        if not keys:
+            return []
+        array = np.array(keys, dtype=np.uint64)
+        seen_before = self._seen(array)
+        local: dict[int, int] = {}
+        repeats = self._repeats
+        result: list[int] = []
+        for key, prior in zip(keys, seen_before.tolist(), strict=True):
+            if key in local:
+                occurrence = local[key]
+            elif key in repeats:
+                occurrence = repeats[key]
+            else:
+                occurrence = 1 if prior else 0
+            result.append(occurrence)
+            local[key] = occurrence + 1
+        for key, after in local.items():
+            if after > 1:
+                repeats[key] = after
+        fresh = np.unique(array[~seen_before])
+        if len(fresh):
+            self._runs.append(fresh)
+            while len(self._runs) > 1 and len(self._runs[-2]) <= 2 * len(self._runs[-1]):
+                last = self._runs.pop()
+                self._runs[-1] = np.union1d(self._runs[-1], last)
+        return result
+
+
+def content_digest(*, event_name: str, customer: str, timestamp: datetime, value: str) -> bytes:
+    content = "\x1f".join(
+        (event_name, customer, str(int(timestamp.timestamp())), normalized_value(value))
+    )
+    return hashlib.blake2b(content.encode(), digest_size=16).digest()
+
+
+def derived_identifier(digest: bytes, occurrence: int) -> str:
+    """``csv_`` + 32 hex digits of the content digest + the occurrence: at most 60 chars."""
+    return f"csv_{digest.hex()}_{occurrence}"
+
+
+class RowBuilder:
+    """Turns records into ``ParsedRow``s: events for the core, or the parser's own errors.
+
+    Rows without an identifier get one derived from their content and the number of identical
+    rows before them, so re-uploading a file (or a corrected one) never counts a row twice.
+    """
+
+    def __init__(self, header: list[str], meters: Mapping[str, MeterKeys]) -> None:
+        self.header = header
+        self.width = len(header)
+        self.meters = meters
+        self.timestamp_index = header.index("timestamp")
+        self.event_index = header.index("event_name")
+        self.identifier_index = (
+            header.index(IDENTIFIER_COLUMN) if IDENTIFIER_COLUMN in header else None
+        )
+        self.payload_columns = [
+            (index, name[len(PAYLOAD_PREFIX) :])
+            for index, name in enumerate(header)
+            if name.startswith(PAYLOAD_PREFIX) and len(name) > len(PAYLOAD_PREFIX)
+        ]
+        self.occurrences = OccurrenceCounter()
+
+    def build(self, chunk: list[Record]) -> list[ParsedRow]:
+        rows: list[ParsedRow | None] = []
+        # Rows waiting for a derived identifier: (position, digest, event parts).
+        pending: list[
+            tuple[int, bytes, tuple[str, dict[str, str], datetime, int, dict[str, str]]]
+        ] = []
+        header = self.header
+        for record in chunk:
+            if record.error:
+                rows.append(ParsedRow(record.line, {}, error=record.error))
+                continue
+            fields = [unescape_cell(value) for value in record.fields]
+            raw = dict(zip(header, fields, strict=False))
+            if len(fields) != self.width:
+                extra = fields[self.width :]
+                message = (
+                    f"This line has {len(fields)} values but the header has {self.width} columns."
+                )
+                if extra:
+                    message += f" Extra values: {', '.join(extra)[:500]}"
+                rows.append(
+                    ParsedRow(record.line, raw, error=RowError("row_column_count", message))
+                )
+                continue
+            event_name = fields[self.event_index].strip()
+            if not event_name:
+                rows.append(
+                    ParsedRow(
+                        record.line,
+                        raw,
+                        error=RowError("event_name_missing", "event_name is empty.", "event_name"),
+                    )
+                )
+                continue
+            timestamp_text = fields[self.timestamp_index].strip()
+            if not timestamp_text:
+                rows.append(
+                    ParsedRow(
+                        record.line,
+                        raw,
+                        error=RowError("timestamp_missing", "timestamp is empty.", "timestamp"),
+                    )
+                )
+                continue
+            try:
+                timestamp = parse_timestamp(timestamp_text)
+            except TimestampError:
+                rows.append(
+                    ParsedRow(
+                        record.line,
+                        raw,
+                        error=RowError(
+                            "timestamp_invalid",
+                            f"The timestamp “{timestamp_text[:100]}” is not a date "
+                            f"(yyyy-MM-dd), an ISO 8601 time (2024-09-23T16:22:25+05:30) "
+                            f"or Unix seconds.",
+                            "timestamp",
+                        ),
+                    )
+                )
+                continue
+            payload = {key: fields[index].strip() for index, key in self.payload_columns}
+            payload = {key: value for key, value in payload.items() if value}
+            identifier = (
+                fields[self.identifier_index].strip() if self.identifier_index is not None else ""
+            )
+            if identifier:
+                event = EventInput(event_name, payload, identifier, timestamp, record.line, raw)
+                rows.append(ParsedRow(record.line, raw, event=event))
+                continue
+            meter = self.meters.get(event_name)
+            digest = content_digest(
+                event_name=event_name,
+                customer=payload.get(meter.customer_key, "") if meter else "",
+                timestamp=timestamp,
+                value=payload.get(meter.value_key, "") if meter else "",
+            )
+            pending.append((len(rows), digest, (event_name, payload, timestamp, record.line, raw)))
+            rows.append(None)
+        if pending:
+            keys = [int.from_bytes(digest[:8], "big") for _, digest, _ in pending]
+            occurrences = self.occurrences.count(keys)
+            for (position, digest, parts), occurrence in zip(pending, occurrences, strict=True):
+                event_name, payload, timestamp, line, raw = parts
+                identifier = derived_identifier(digest, occurrence)
+                event = EventInput(event_name, payload, identifier, timestamp, line, raw)
+                rows[position] = ParsedRow(line, raw, event=event)
+        return [row for row in rows if row is not None]
+
+
+def chunked(iterable: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def column_for_param(param: str) -> str:
+    """The CSV column for a core error's parameter: ``payload[value]`` → ``payload_value``."""
+    if param.startswith("payload[") and param.endswith("]"):
+        return PAYLOAD_PREFIX + param[len("payload[") : -1]
+    return param

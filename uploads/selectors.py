@@ -1,0 +1,150 @@
+"""Reads for CSV uploads: lists, progress figures, failed rows, the error file, templates."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Count, QuerySet
+from django.utils import timezone
+
+from meters.models import EventRejection, Meter
+from uploads import parsing
+from uploads.models import Upload
+
+ERROR_FILE_COLUMNS = ("line", "error_code", "error_message")
+
+
+def upload_list() -> QuerySet[Upload]:
+    return Upload.objects.select_related("uploaded_by", "reverted_by").order_by("-created", "-id")
+
+
+def upload_get(*, pk: int) -> Upload:
+    return Upload.objects.select_related(
+        "uploaded_by", "reverted_by", "cancel_requested_by", "batch", "validated_upload"
+    ).get(pk=pk)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterTotalLine:
+    meter: Meter | None
+    meter_pk: int
+    events: int
+    value: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the live progress panel shows."""
+
+    rows_total: int | None
+    rows_read: int
+    percent: int | None
+    elapsed_seconds: int | None
+    rows_per_second: int | None
+    seconds_left: int | None
+    meter_totals: list[MeterTotalLine]
+
+
+def upload_progress(*, upload: Upload, now: datetime | None = None) -> Progress:
+    now = now or timezone.now()
+    end = upload.finished_at or now
+    elapsed = (end - upload.started_at).total_seconds() if upload.started_at else None
+    percent = None
+    if upload.rows_total:
+        percent = min(100, int(upload.rows_read * 100 / upload.rows_total))
+    elif upload.is_finished and upload.status != Upload.Status.FAILED:
+        percent = 100
+    rate = int(upload.rows_read / elapsed) if elapsed and upload.rows_read else None
+    left = None
+    if rate and upload.rows_total and upload.is_active:
+        left = int((upload.rows_total - upload.rows_read) / rate)
+    totals = upload.meter_total_values()
+    meters = Meter.objects.in_bulk(list(totals))
+    lines = [
+        MeterTotalLine(meters.get(pk), pk, events, value)
+        for pk, (events, value) in sorted(totals.items())
+    ]
+    return Progress(
+        rows_total=upload.rows_total,
+        rows_read=upload.rows_read,
+        percent=percent,
+        elapsed_seconds=int(elapsed) if elapsed is not None else None,
+        rows_per_second=rate,
+        seconds_left=left,
+        meter_totals=lines,
+    )
+
+
+def upload_rejections(*, upload: Upload, code: str = "") -> QuerySet[EventRejection]:
+    queryset = EventRejection.objects.filter(batch_id=upload.batch_id)
+    if code:
+        queryset = queryset.filter(code=code)
+    return queryset.order_by("line", "id")
+
+
+@dataclass(frozen=True, slots=True)
+class CodeCount:
+    code: str
+    count: int
+
+
+def upload_rejection_codes(*, upload: Upload) -> list[CodeCount]:
+    rows = (
+        EventRejection.objects.filter(batch_id=upload.batch_id)
+        .values("code")
+        .annotate(count=Count("id"))
+        .order_by("-count", "code")
+    )
+    return [CodeCount(row["code"], row["count"]) for row in rows]
+
+
+def error_file_header(*, upload: Upload) -> list[str]:
+    """The upload's own columns (minus an earlier error file's), then line, code, message."""
+    original = [name for name in upload.header if name not in ERROR_FILE_COLUMNS]
+    return [*original, *ERROR_FILE_COLUMNS]
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def upload_error_file_lines(*, upload: Upload) -> Iterator[str]:
+    """The error file as CSV text, streamed: every failed row with its original values,
+    safe to open in a spreadsheet, and accepted again as an upload once corrected."""
+    header = error_file_header(upload=upload)
+    original = header[: -len(ERROR_FILE_COLUMNS)]
+    writer = csv.writer(_Echo())
+    yield "\ufeff" + writer.writerow(header)  # the BOM makes Excel read UTF-8
+    rows = upload_rejections(upload=upload).values_list("line", "code", "message", "raw")
+    for line, code, message, raw in rows.iterator(chunk_size=2000):
+        raw = raw or {}
+        cells = [str(raw.get(name, "")) for name in original]
+        cells += ["" if line is None else str(line), code, message]
+        yield writer.writerow([parsing.escape_cell(cell) for cell in cells])
+
+
+def meter_template_csv(*, meter: Meter) -> str:
+    """A one-row example file for ``meter``, its headers built from the meter's keys."""
+    header = ["timestamp", "event_name", f"payload_{meter.customer_mapping_key}"]
+    example = [timezone.now().strftime("%Y-%m-%d"), meter.event_name, "cus_example"]
+    if meter.aggregation_formula != Meter.Formula.COUNT:
+        header.append(f"payload_{meter.value_settings_key}")
+        example.append("1")
+    writer = csv.writer(_Echo())
+    return writer.writerow(header) + writer.writerow(example)
+
+
+def upload_meters_for_templates() -> QuerySet[Meter]:
+    return Meter.objects.filter(status=Meter.Status.ACTIVE).order_by("display_name")
+
+
+def uploads_any_active(*, pks: list[int] | None = None) -> bool:
+    queryset = Upload.objects.filter(status__in=Upload.ACTIVE_STATUSES)
+    if pks is not None:
+        queryset = queryset.filter(pk__in=pks)
+    return queryset.exists()

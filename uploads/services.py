@@ -1,0 +1,445 @@
+"""Writes for CSV uploads: create, enqueue, process (the pipeline), cancel, revert.
+
+The pipeline (``upload_process``) runs in a Celery worker:
+
+1. Claim the job: a new ``run_token`` makes this run the owner; an older run still alive
+   notices at its next chunk and stops.
+2. Validate: one streamed pass decodes the whole file (so undecodable or binary content
+   fails before anything is imported), reads the header, counts the records and lists the
+   event names, then checks the columns each used meter needs.
+3. Import: a second streamed pass sends chunks of rows to the ingestion core. Each chunk's
+   events, its rejections and the job's progress (the resume point included) commit in ONE
+   transaction, under a lock on the upload row. A retried run skips the records already
+   committed, so nothing is counted twice.
+
+Cancellation is honoured between chunks; what was committed stays (revert undoes it).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import IO
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.utils import timezone
+
+from meters.ingestion import (
+    EventInput,
+    RejectionInput,
+    event_batch_cancel,
+    event_batch_create,
+    event_rejections_record,
+    meter_events_ingest,
+)
+from meters.models import AuditEntry, EventBatch, Meter
+from meters.services import audit_record
+from uploads import parsing
+from uploads.models import Upload
+
+logger = logging.getLogger(__name__)
+
+
+def max_upload_bytes() -> int:
+    return int(settings.USAGE_UPLOAD_MAX_BYTES)
+
+
+def _setting(name: str, default: int) -> int:
+    return int(getattr(settings, name, default))
+
+
+def chunk_rows() -> int:
+    return _setting("USAGE_UPLOAD_CHUNK_ROWS", 5000)
+
+
+def max_line_bytes() -> int:
+    return _setting("USAGE_UPLOAD_MAX_LINE_BYTES", 1024 * 1024)
+
+
+# --- Creating and enqueueing ------------------------------------------------------------------
+@transaction.atomic
+def upload_create(
+    *, file: UploadedFile, user: AbstractBaseUser, validate_only: bool = False
+) -> Upload:
+    """Store the file (streamed by Django's storage API) and queue its processing.
+
+    A file over the size limit is not stored: the upload is recorded as failed at once.
+    """
+    name = (file.name or "upload.csv")[-255:]
+    size = int(file.size or 0)
+    batch = event_batch_create(source=EventBatch.Source.CSV, user=user, dry_run=validate_only)
+    upload = Upload(
+        original_name=name,
+        size_bytes=size,
+        uploaded_by=user,
+        validate_only=validate_only,
+        batch=batch,
+    )
+    if size > max_upload_bytes():
+        upload.status = Upload.Status.FAILED
+        upload.failed_reason = (
+            f"The file is {parsing.format_bytes(size)}, larger than the limit of "
+            f"{parsing.format_bytes(max_upload_bytes())}. Split it into smaller files and "
+            f"upload each one."
+        )
+        upload.finished_at = timezone.now()
+        upload.save()
+    else:
+        upload.file.save(name, file, save=False)
+        upload.save()
+        transaction.on_commit(lambda: upload_enqueue(upload=upload))
+    audit_record(
+        target=upload,
+        action=AuditEntry.Action.UPLOAD,
+        actor=user,
+        changes={
+            "file": [None, name],
+            "size_bytes": [None, size],
+            "validate_only": [None, validate_only],
+        },
+    )
+    return upload
+
+
+def upload_enqueue(*, upload: Upload) -> bool:
+    """Hand the job to the broker. If the broker is down the job stays ``queued`` with its
+    file kept, and the periodic re-queue (``uploads_requeue_stale``) sends it later."""
+    from uploads.tasks import upload_process_task
+
+    Upload.objects.filter(pk=upload.pk).update(queued_at=timezone.now())
+    try:
+        with upload_process_task.app.connection_for_write() as connection:
+            upload_process_task.apply_async(args=[upload.pk], connection=connection, retry=False)
+    except Exception:  # any broker failure: kombu, redis, OS errors
+        logger.warning(
+            "Upload %s stays queued: the broker is unreachable.", upload.pk, exc_info=True
+        )
+        return False
+    return True
+
+
+def uploads_requeue_stale(*, now: datetime | None = None) -> list[int]:
+    """Re-send jobs nobody is working on: queued for too long (e.g. the broker was down when
+    they were uploaded), or running with no heartbeat for too long (the worker died)."""
+    now = now or timezone.now()
+    queued_before = now - timedelta(seconds=_setting("USAGE_UPLOAD_QUEUED_STALE_SECONDS", 120))
+    running_before = now - timedelta(seconds=_setting("USAGE_UPLOAD_RUNNING_STALE_SECONDS", 300))
+    stale = Upload.objects.filter(status=Upload.Status.QUEUED, queued_at__lt=queued_before)
+    stale_ids = set(stale.values_list("pk", flat=True))
+    stale_ids |= set(
+        Upload.objects.filter(status=Upload.Status.QUEUED, queued_at__isnull=True).values_list(
+            "pk", flat=True
+        )
+    )
+    stale_ids |= set(
+        Upload.objects.filter(
+            status__in=Upload.RUNNING_STATUSES, heartbeat_at__lt=running_before
+        ).values_list("pk", flat=True)
+    )
+    requeued = []
+    for upload in Upload.objects.filter(pk__in=stale_ids).order_by("pk"):
+        if upload_enqueue(upload=upload):
+            requeued.append(upload.pk)
+    return requeued
+
+
+# --- User actions -----------------------------------------------------------------------------
+@transaction.atomic
+def upload_cancel(*, upload: Upload, user: AbstractBaseUser) -> Upload:
+    upload = Upload.objects.select_for_update().get(pk=upload.pk)
+    if not upload.can_cancel:
+        raise ValidationError(
+            f"This upload is {upload.get_status_display().lower()}; it can no longer be cancelled.",
+            code="not_cancellable",
+        )
+    now = timezone.now()
+    upload.cancel_requested_at = now
+    upload.cancel_requested_by = user  # type: ignore[assignment]
+    fields = ["cancel_requested_at", "cancel_requested_by"]
+    old_status = upload.status
+    if upload.status == Upload.Status.QUEUED:
+        # Nobody is working on it: cancel now. A run starting later sees the request.
+        upload.status = Upload.Status.CANCELLED
+        upload.finished_at = now
+        fields += ["status", "finished_at"]
+    upload.save(update_fields=fields)
+    audit_record(
+        target=upload,
+        action=AuditEntry.Action.CANCEL,
+        actor=user,
+        changes={"status": [old_status, upload.status]},
+    )
+    return upload
+
+
+@transaction.atomic
+def upload_revert(*, upload: Upload, user: AbstractBaseUser) -> Upload:
+    """Cancel every event the upload brought in; the core keeps the rollups exact."""
+    upload = Upload.objects.select_for_update().get(pk=upload.pk)
+    if not upload.can_revert:
+        raise ValidationError(
+            "Only a finished import that brought in events, and was not reverted yet, can be "
+            "reverted.",
+            code="not_revertible",
+        )
+    cancelled = event_batch_cancel(batch=upload.batch, user=user)
+    upload.reverted_at = timezone.now()
+    upload.reverted_by = user  # type: ignore[assignment]
+    upload.events_reverted = cancelled
+    upload.save(update_fields=["reverted_at", "reverted_by", "events_reverted"])
+    audit_record(
+        target=upload,
+        action=AuditEntry.Action.REVERT,
+        actor=user,
+        changes={"events_cancelled": [0, cancelled]},
+    )
+    return upload
+
+
+@transaction.atomic
+def upload_import_validated(*, upload: Upload, user: AbstractBaseUser) -> Upload:
+    """Start the real import of a validate-only run's stored file (no second upload)."""
+    if not upload.can_import:
+        raise ValidationError(
+            "Only a finished validate-only run can be imported.", code="not_importable"
+        )
+    batch = event_batch_create(source=EventBatch.Source.CSV, user=user, dry_run=False)
+    imported = Upload(
+        original_name=upload.original_name,
+        size_bytes=upload.size_bytes,
+        uploaded_by=user,
+        validate_only=False,
+        validated_upload=upload,
+        batch=batch,
+    )
+    imported.file.name = upload.file.name  # the same stored file, not a copy
+    imported.save()
+    audit_record(
+        target=imported,
+        action=AuditEntry.Action.UPLOAD,
+        actor=user,
+        changes={"file": [None, upload.original_name], "validated_upload": [None, upload.pk]},
+    )
+    transaction.on_commit(lambda: upload_enqueue(upload=imported))
+    return imported
+
+
+# --- The pipeline -----------------------------------------------------------------------------
+class RunSuperseded(Exception):
+    """Another run owns the job now (or it ended); this one stops without writing."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    upload: Upload
+    token: str
+
+
+def _claim(upload_id: int) -> _Claim | None:
+    with transaction.atomic():
+        upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
+        if upload is None or upload.is_finished:
+            return None
+        now = timezone.now()
+        if upload.cancel_requested_at is not None:
+            _finish(upload, Upload.Status.CANCELLED, now=now)
+            return None
+        upload.run_token = uuid.uuid4().hex
+        upload.attempts += 1
+        upload.started_at = upload.started_at or now
+        upload.heartbeat_at = now
+        if upload.status == Upload.Status.QUEUED:
+            upload.status = Upload.Status.VALIDATING
+        upload.save(update_fields=["run_token", "attempts", "started_at", "heartbeat_at", "status"])
+        return _Claim(upload, upload.run_token)
+
+
+def _finish(upload: Upload, status: str, *, now: datetime, reason: str = "") -> None:
+    upload.status = status
+    upload.failed_reason = reason
+    upload.finished_at = now
+    upload.heartbeat_at = now
+    upload.save(update_fields=["status", "failed_reason", "finished_at", "heartbeat_at"])
+
+
+def _locked_owned(upload_id: int, token: str) -> Upload:
+    upload = Upload.objects.select_for_update().get(pk=upload_id)
+    if upload.run_token != token or upload.is_finished:
+        raise RunSuperseded
+    return upload
+
+
+def _meter_keys() -> dict[str, parsing.MeterKeys]:
+    return {
+        meter.event_name: parsing.MeterKeys(
+            event_name=meter.event_name,
+            display_name=meter.display_name,
+            customer_key=meter.customer_mapping_key,
+            value_key=meter.value_settings_key,
+            needs_value=meter.aggregation_formula != Meter.Formula.COUNT,
+            active=meter.is_active,
+        )
+        for meter in Meter.objects.all()
+    }
+
+
+def _open_lines(upload: Upload) -> tuple[IO[bytes], Iterator[str]]:
+    binary = upload.file.storage.open(upload.file.name, "rb")
+    try:
+        content = parsing.open_decompressed(binary)
+    except Exception:
+        binary.close()
+        raise
+    lines = parsing.text_lines(
+        content, max_bytes=max_upload_bytes(), max_line_bytes=max_line_bytes()
+    )
+    return binary, lines
+
+
+def upload_process(*, upload_id: int) -> None:
+    """Validate and import one upload; safe to run again at any point (see module doc)."""
+    claim = _claim(upload_id)
+    if claim is None:
+        return
+    upload, token = claim.upload, claim.token
+    try:
+        _process(upload, token)
+    except RunSuperseded:
+        logger.info("Upload %s: a newer run took over or the job ended; stopping.", upload_id)
+
+
+def _process(upload: Upload, token: str) -> None:
+    meters = _meter_keys()
+    if not upload.file or not upload.file.storage.exists(upload.file.name):
+        with transaction.atomic():
+            upload = _locked_owned(upload.pk, token)
+            _finish(
+                upload,
+                Upload.Status.FAILED,
+                now=timezone.now(),
+                reason="The stored file is missing, so it cannot be read.",
+            )
+        return
+    # Pass 1: validate the whole file before importing anything.
+    binary, lines = _open_lines(upload)
+    try:
+        inspection = parsing.inspect(lines, max_line_bytes=max_line_bytes())
+        used = [meters[name] for name in inspection.event_names if name in meters]
+        problem = parsing.header_problems(
+            inspection.header, [meter for meter in used if meter.active]
+        )
+    except parsing.FileProblem as error:
+        problem = error.reason
+        inspection = None
+    finally:
+        binary.close()
+    with transaction.atomic():
+        upload = _locked_owned(upload.pk, token)
+        if problem or inspection is None:
+            _finish(upload, Upload.Status.FAILED, now=timezone.now(), reason=problem)
+            return
+        upload.header = inspection.header
+        upload.rows_total = inspection.records
+        if not upload.validate_only:
+            upload.status = Upload.Status.IMPORTING
+        upload.heartbeat_at = timezone.now()
+        upload.save(update_fields=["header", "rows_total", "status", "heartbeat_at"])
+    # Pass 2: import chunk by chunk, resuming after the records already committed.
+    builder = parsing.RowBuilder(inspection.header, meters)
+    binary, lines = _open_lines(upload)
+    try:
+        record_iter = parsing.records(lines, max_line_bytes=max_line_bytes())
+        parsing.header_read(record_iter)
+        position = 0
+        resume_at = upload.records_committed
+        for chunk in parsing.chunked(record_iter, chunk_rows()):
+            if position + len(chunk) <= resume_at:
+                builder.build(chunk)  # keeps the identical-row counts right
+                position += len(chunk)
+                continue
+            if position < resume_at:  # chunk size changed between runs
+                builder.build(chunk[: resume_at - position])
+                chunk = chunk[resume_at - position :]
+                position = resume_at
+            rows = builder.build(chunk)
+            if not _commit_chunk(upload.pk, token, rows, start=position):
+                return
+            position += len(chunk)
+    except parsing.FileProblem as error:
+        # The first pass read the same bytes, so only a file changed underneath gets here.
+        with transaction.atomic():
+            upload = _locked_owned(upload.pk, token)
+            _finish(upload, Upload.Status.FAILED, now=timezone.now(), reason=error.reason)
+        return
+    finally:
+        binary.close()
+    with transaction.atomic():
+        upload = _locked_owned(upload.pk, token)
+        status = (
+            Upload.Status.SUCCEEDED_WITH_ERRORS if upload.rows_failed else Upload.Status.SUCCEEDED
+        )
+        _finish(upload, status, now=timezone.now())
+
+
+def _rejection_of(row: parsing.ParsedRow) -> RejectionInput:
+    assert row.error is not None
+    return RejectionInput(
+        code=row.error.code,
+        message=row.error.message,
+        line=row.line,
+        column=row.error.column,
+        identifier=row.raw.get(parsing.IDENTIFIER_COLUMN, ""),
+        event_name=row.raw.get("event_name", ""),
+        raw=row.raw,
+    )
+
+
+def _commit_chunk(upload_id: int, token: str, rows: list[parsing.ParsedRow], *, start: int) -> bool:
+    """Ingest one chunk and record the progress in one transaction. False: stop (cancelled)."""
+    with transaction.atomic():
+        upload = _locked_owned(upload_id, token)
+        if upload.records_committed != start:
+            raise RunSuperseded
+        now = timezone.now()
+        if upload.cancel_requested_at is not None:
+            _finish(upload, Upload.Status.CANCELLED, now=now)
+            return False
+        events: list[EventInput] = [row.event for row in rows if row.event is not None]
+        parse_failures = [_rejection_of(row) for row in rows if row.error is not None]
+        if parse_failures:
+            event_rejections_record(batch=upload.batch, rejections=parse_failures)
+        totals = upload.meter_totals
+        if events:
+            report = meter_events_ingest(events=events, batch=upload.batch)
+            upload.rows_imported += report.accepted
+            upload.rows_duplicate += report.duplicates
+            upload.rows_failed += report.rejected
+            for meter_pk, total in report.totals_by_meter.items():
+                entry = totals.setdefault(str(meter_pk), {"events": 0, "value": "0"})
+                entry["events"] += total.event_count
+                entry["value"] = str(Decimal(entry["value"]) + total.value_sum)
+        upload.rows_failed += len(parse_failures)
+        upload.rows_read += len(rows)
+        upload.records_committed = start + len(rows)
+        upload.meter_totals = totals
+        upload.heartbeat_at = now
+        upload.save(
+            update_fields=[
+                "rows_imported",
+                "rows_duplicate",
+                "rows_failed",
+                "rows_read",
+                "records_committed",
+                "meter_totals",
+                "heartbeat_at",
+            ]
+        )
+    return True
