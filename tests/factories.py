@@ -3,7 +3,7 @@ from __future__ import annotations
 import factory
 from django.contrib.auth.models import Group, User
 
-from meters.models import Customer, Meter
+from meters.models import Customer, EventBatch, Meter
 from usage_portal.roles import Role
 
 
@@ -40,3 +40,17 @@ class CustomerFactory(factory.django.DjangoModelFactory):
     external_id = factory.Sequence(lambda n: f"cus_{n:06d}")
     name = factory.Faker("company")
     email = factory.Sequence(lambda n: f"billing{n}@example.com")
+
+
+class UploadFactory(factory.django.DjangoModelFactory):
+    """A queued upload with no stored file (nothing for a worker to read)."""
+
+    class Meta:
+        model = "uploads.Upload"
+
+    original_name = "usage.csv"
+    size_bytes = 0
+    uploaded_by = factory.SubFactory(UserFactory)
+    batch = factory.LazyAttribute(
+        lambda upload: EventBatch.objects.create(source="csv", user=upload.uploaded_by)
+    )

@@ -25,7 +25,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from tests.factories import CustomerFactory, MeterFactory, UserFactory
+from tests.factories import CustomerFactory, MeterFactory, UploadFactory, UserFactory
 from usage_portal.roles import Role
 
 
@@ -71,6 +71,13 @@ EXPECTED: dict[str, Expect] = {
     "meters:event_list": Expect(S),
     # uploads
     "uploads:upload_list": Expect(S),
+    "uploads:upload_create": Expect(F),
+    "uploads:upload_template": Expect(F),
+    "uploads:upload_detail": Expect(S),
+    "uploads:upload_error_file": Expect(S),
+    "uploads:upload_cancel": Expect(F, method="post"),
+    "uploads:upload_revert": Expect(F, method="post"),
+    "uploads:upload_import": Expect(F, method="post"),
 }
 
 # Not walked: Django's own admin (superusers only, its own checks) and the auth views that
@@ -112,6 +119,7 @@ BUILDERS: dict[str, Callable[[World], Any]] = {
     "meter": lambda world: MeterFactory(),
     "inactive_meter": _inactive_meter,
     "customer": lambda world: CustomerFactory(),
+    "upload": lambda world: UploadFactory(),
 }
 
 
