@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "usage_portal",
     "meters",
     "uploads",
+    "billing",
 ]
 
 MIDDLEWARE = [
@@ -129,6 +130,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+# Billing: open draft invoices for closed periods and finalize them after the grace period.
+CELERY_BEAT_SCHEDULE["billing-invoices-advance"] = {
+    "task": "billing.tasks.invoices_advance",
+    "schedule": 60.0,
+}
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -196,6 +202,9 @@ CELERY_BEAT_SCHEDULE["uploads-requeue-stale"] = {
     "task": "uploads.requeue_stale",
     "schedule": float(os.environ.get("USAGE_UPLOAD_REQUEUE_EVERY_SECONDS", "60")),
 }
+# Invoice finalization grace period (Stripe: default 1 hour, at most 72 hours, and always
+# shorter than the billing interval). Late usage inside it still lands on the invoice.
+BILLING_GRACE_PERIOD_MINUTES = int(os.environ.get("BILLING_GRACE_PERIOD_MINUTES", "60"))
 
 LOGGING = {
     "version": 1,

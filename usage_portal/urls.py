@@ -13,6 +13,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("meters.urls")),
     path("uploads/", include("uploads.urls")),
+    path("billing/", include("billing.urls")),
 ]
 
 handler403 = "usage_portal.views.permission_denied"
