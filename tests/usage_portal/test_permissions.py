@@ -25,6 +25,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from tests.billing import builders as billing_builders
 from tests.factories import CustomerFactory, MeterFactory, UploadFactory, UserFactory
 from usage_portal.roles import Role
 
@@ -78,6 +79,23 @@ EXPECTED: dict[str, Expect] = {
     "uploads:upload_cancel": Expect(F, method="post"),
     "uploads:upload_revert": Expect(F, method="post"),
     "uploads:upload_import": Expect(F, method="post"),
+    # billing
+    "billing:price_list": Expect(S),
+    "billing:price_create": Expect(A),
+    "billing:price_example": Expect(A),
+    "billing:price_detail": Expect(S),
+    "billing:price_archive": Expect(A, method="post"),
+    "billing:price_unarchive": Expect(A, method="post"),
+    "billing:customer_billing": Expect(S),
+    "billing:customer_estimate": Expect(S, ok=(302,)),  # without htmx: the billing page
+    "billing:subscription_create": Expect(A),
+    "billing:subscription_detail": Expect(S),
+    "billing:subscription_cancel": Expect(A, method="post"),
+    "billing:subscription_resume": Expect(A, method="post"),
+    "billing:invoice_list": Expect(S),
+    "billing:invoice_detail": Expect(S),
+    "billing:credit_grant_create": Expect(A),
+    "billing:credit_grant_void": Expect(A, method="post"),
 }
 
 # Not walked: Django's own admin (superusers only, its own checks) and the auth views that
@@ -120,6 +138,10 @@ BUILDERS: dict[str, Callable[[World], Any]] = {
     "inactive_meter": _inactive_meter,
     "customer": lambda world: CustomerFactory(),
     "upload": lambda world: UploadFactory(),
+    "price": billing_builders.build_price,
+    "subscription": billing_builders.build_subscription,
+    "invoice": billing_builders.build_invoice,
+    "grant": billing_builders.build_grant,
 }
 
 
