@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.contrib.auth.models import User
@@ -92,3 +99,116 @@ def browser_login(page, username: str, password: str = PASSWORD) -> None:  # typ
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_url(lambda url: "/login/" not in url)
+
+
+# --- Celery worker ---------------------------------------------------------------------------
+# A real worker process (`.venv/bin/celery -A usage_portal worker`) on the same broker as the
+# tests and on pytest-django's TEST database. Use it with
+# `@pytest.mark.django_db(transaction=True)` (the worker only sees committed data) and mark
+# the test `@pytest.mark.worker`.
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes: no clean shutdown, no acks."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the test process, pointed at the test database."""
+    from django.db import connection
+
+    env = dict(os.environ)
+    database = connection.settings_dict
+    if connection.vendor == "postgresql":
+        user = quote(str(database.get("USER") or ""), safe="")
+        password = quote(str(database.get("PASSWORD") or ""), safe="")
+        credentials = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+        host = database.get("HOST") or "127.0.0.1"
+        port = database.get("PORT") or 5432
+        env["DATABASE_URL"] = f"postgres://{credentials}{host}:{port}/{database['NAME']}"
+    else:
+        env.pop("DATABASE_URL", None)
+        env["USAGE_PORTAL_SQLITE_NAME"] = str(database["NAME"])
+    env.update(extra or {})
+    return env
+
+
+def celery_purge() -> None:
+    from usage_portal.celery import app
+
+    with contextlib.suppress(Exception):
+        app.control.purge()
+
+
+@pytest.fixture
+def celery_worker_factory(
+    transactional_db: None, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start workers with ``start(env={...})``; every one is stopped after the test (before
+    the test database is flushed). Messages left in the queue by earlier tests are purged."""
+    from django.conf import settings
+
+    celery_purge()
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str] | None = None, ready_timeout: float = 60) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started) + 1}.log"
+        command = [
+            str(Path(settings.BASE_DIR) / ".venv" / "bin" / "celery"),
+            "-A",
+            "usage_portal",
+            "worker",
+            "--loglevel=INFO",
+            "--concurrency=1",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"test-{uuid.uuid4().hex[:8]}@%h",
+        ]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=settings.BASE_DIR,
+                env=worker_environment(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        worker = WorkerProcess(process, log_path)
+        started.append(worker)
+        deadline = time.monotonic() + ready_timeout
+        while " ready." not in worker.log:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"The Celery worker did not start:\n{worker.log[-3000:]}")
+            time.sleep(0.2)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    celery_purge()
+
+
+@pytest.fixture
+def celery_worker(celery_worker_factory: Callable[..., WorkerProcess]) -> WorkerProcess:
+    """One running worker for the test."""
+    return celery_worker_factory()

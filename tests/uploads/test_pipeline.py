@@ -1,0 +1,198 @@
+"""The upload pipeline end to end: real worker, real broker, real database."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+
+from meters.models import AuditEntry, Customer, EventRejection, Meter, MeterEvent
+from tests.uploads.conftest import HEADER, counted_events, day, post_upload, rollup_total, wait_for
+from uploads.models import Upload
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def mixed_file() -> bytes:
+    d = day()
+    return (
+        "timestamp,event_name,payload_stripe_customer_id,payload_value,identifier\n"
+        f"{d},api_calls,cus_1,5,\n"
+        f"{d},api_calls,cus_1,5,\n"  # identical: a second, distinct event
+        f"{d}T10:00:00+05:30,api_calls,cus_2,2.5,\n"
+        f"not-a-date,api_calls,cus_1,1,\n"
+        f"{d},api_calls,cus_404,3,\n"
+        f"{d},logins,cus_3,,\n"
+        f"{d},logins,cus_3,,given-id-1\n"
+        f'{d},api_calls,cus_1,=HYPERLINK("http://evil"),\n'
+        f"{d},api_calls,cus_2,-1.5,\n"
+    ).encode()
+
+
+def test_upload_imports_valid_rows_and_explains_the_others(
+    celery_worker, finance_client: Client, api_meter: Meter, count_meter: Meter, customers
+) -> None:
+    upload = wait_for(post_upload(finance_client, mixed_file()))
+
+    assert upload.status == Upload.Status.SUCCEEDED_WITH_ERRORS
+    assert (upload.rows_total, upload.rows_read) == (9, 9)
+    assert (upload.rows_imported, upload.rows_duplicate, upload.rows_failed) == (6, 0, 3)
+    assert counted_events(api_meter) == 4
+    assert counted_events(count_meter) == 2
+    assert rollup_total(api_meter) == (Decimal("11.0"), 4)
+    assert upload.meter_total_values()[api_meter.pk] == (4, Decimal("11.0"))
+    assert upload.meter_total_values()[count_meter.pk][0] == 2
+    rejections = {
+        r.line: (r.code, r.column) for r in EventRejection.objects.filter(batch=upload.batch)
+    }
+    assert rejections == {
+        5: ("timestamp_invalid", "timestamp"),
+        6: ("meter_event_customer_not_found", "payload[stripe_customer_id]"),
+        9: ("meter_event_invalid_value", "payload[value]"),
+    }
+    assert set(MeterEvent.objects.filter(batch=upload.batch).values_list("line", flat=True)) == {
+        2,
+        3,
+        4,
+        7,
+        8,
+        10,
+    }
+    assert AuditEntry.objects.filter(
+        target_type="uploads.upload", target_id=str(upload.pk), action="upload"
+    ).exists()
+
+    page = finance_client.get(upload.get_absolute_url()).content.decode()
+    assert "Succeeded with errors" in page and "timestamp_invalid" in page
+    # The page shows original values escaped, never as markup.
+    assert "=HYPERLINK(&quot;http://evil&quot;)" in page
+
+    # The same file again: nothing is counted twice.
+    again = wait_for(post_upload(finance_client, mixed_file()))
+    assert (again.rows_imported, again.rows_duplicate, again.rows_failed) == (0, 6, 3)
+    assert counted_events(api_meter) == 4
+    assert rollup_total(api_meter) == (Decimal("11.0"), 4)
+
+
+def test_error_file_fixed_and_uploaded_again_imports_only_the_fixed_rows(
+    celery_worker, finance_client: Client, api_meter: Meter, count_meter: Meter, customers
+) -> None:
+    upload = wait_for(post_upload(finance_client, mixed_file()))
+    response = finance_client.get(f"/uploads/{upload.pk}/errors.csv")
+    assert response["Content-Type"].startswith("text/csv")
+    text = b"".join(response.streaming_content).decode("utf-8-sig")  # type: ignore[attr-defined]
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == [
+        "timestamp",
+        "event_name",
+        "payload_stripe_customer_id",
+        "payload_value",
+        "identifier",
+        "line",
+        "error_code",
+        "error_message",
+    ]
+    assert [(row["line"], row["error_code"]) for row in rows] == [
+        ("5", "timestamp_invalid"),
+        ("6", "meter_event_customer_not_found"),
+        ("9", "meter_event_invalid_value"),
+    ]
+    # Formula injection: neutralised in the file.
+    assert rows[2]["payload_value"] == '\'=HYPERLINK("http://evil")'
+
+    # Fix: a real date, the missing customer, a number. Everything else stays as downloaded.
+    rows[0]["timestamp"] = day()
+    Customer.objects.create(external_id="cus_404")
+    rows[2]["payload_value"] = "-4"
+    fixed = io.StringIO()
+    writer = csv.DictWriter(fixed, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    second = wait_for(post_upload(finance_client, fixed.getvalue().encode(), name="fixed.csv"))
+
+    assert (second.rows_imported, second.rows_duplicate, second.rows_failed) == (3, 0, 0)
+    assert second.status == Upload.Status.SUCCEEDED
+    assert rollup_total(api_meter) == (Decimal("11.0") + 1 + 3 - 4, 7)
+
+
+def test_validate_only_writes_nothing_then_imports_the_same_file(
+    celery_worker, finance_client: Client, api_meter: Meter, count_meter: Meter, customers
+) -> None:
+    check = wait_for(post_upload(finance_client, mixed_file(), validate_only=True))
+
+    assert check.status == Upload.Status.SUCCEEDED_WITH_ERRORS
+    assert (check.rows_imported, check.rows_failed) == (6, 3)
+    assert check.meter_total_values()[api_meter.pk] == (4, Decimal("11.0"))
+    assert MeterEvent.objects.count() == 0
+    assert EventRejection.objects.filter(batch=check.batch).count() == 3
+    page = finance_client.get(check.get_absolute_url()).content.decode()
+    assert "Would import" in page and "Import this file" in page
+
+    response = finance_client.post(f"/uploads/{check.pk}/import/")
+    imported = wait_for(Upload.objects.get(validated_upload=check))
+    assert response["Location"] == imported.get_absolute_url()
+    assert imported.file.name == check.file.name
+    assert (imported.rows_imported, imported.rows_failed) == (6, 3)
+    assert counted_events(api_meter) == 4
+
+
+def test_revert_cancels_every_event_and_updates_rollups(
+    celery_worker,
+    finance_client: Client,
+    finance_user,
+    api_meter: Meter,
+    count_meter: Meter,
+    customers,
+) -> None:
+    upload = wait_for(post_upload(finance_client, mixed_file()))
+    assert rollup_total(api_meter)[1] == 4
+
+    finance_client.post(f"/uploads/{upload.pk}/revert/")
+
+    upload.refresh_from_db()
+    assert upload.reverted_at is not None and upload.events_reverted == 6
+    assert counted_events(api_meter) == counted_events(count_meter) == 0
+    assert rollup_total(api_meter) == (Decimal(0), 0)
+    page = finance_client.get(upload.get_absolute_url()).content.decode()
+    who = finance_user.get_full_name() or finance_user.username
+    assert f"Reverted by <strong>{who}</strong>" in page
+    assert AuditEntry.objects.filter(target_id=str(upload.pk), action="revert").exists()
+    # Twice is refused.
+    finance_client.post(f"/uploads/{upload.pk}/revert/")
+    upload.refresh_from_db()
+    assert upload.events_reverted == 6
+
+
+def big_file(rows: int, customers: int = 3) -> bytes:
+    d = day()
+    body = "".join(
+        f"{d}T{(n // 3600) % 24:02d}:{(n // 60) % 60:02d}:{n % 60:02d}Z,api_calls,"
+        f"cus_{n % customers + 1},{n % 7}\n"
+        for n in range(rows)
+    )
+    return (HEADER + body).encode()
+
+
+def test_cancel_a_queued_upload_and_a_running_one(
+    celery_worker_factory, finance_client: Client, api_meter: Meter, customers
+) -> None:
+    queued = post_upload(finance_client, big_file(10))  # no worker yet: it waits
+    finance_client.post(f"/uploads/{queued.pk}/cancel/")
+    queued.refresh_from_db()
+    assert queued.status == Upload.Status.CANCELLED
+
+    celery_worker_factory(env={"USAGE_UPLOAD_CHUNK_ROWS": "200"})
+    running = post_upload(finance_client, big_file(40_000))
+    wait_for(running, lambda upload: upload.records_committed > 0)
+    finance_client.post(f"/uploads/{running.pk}/cancel/")
+    running = wait_for(running)
+
+    assert running.status == Upload.Status.CANCELLED
+    assert 0 < running.rows_read < 40_000
+    assert counted_events(api_meter) == running.rows_imported == running.records_committed
+    queued.refresh_from_db()
+    assert queued.rows_read == 0  # the worker never touched the cancelled one
+    assert AuditEntry.objects.filter(target_id=str(running.pk), action="cancel").exists()
