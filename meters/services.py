@@ -461,8 +461,11 @@ def customers_import_csv(*, actor: AbstractBaseUser | None, data: bytes) -> Cust
             if _COLUMN_COUNT in row:
                 count, expected = row[_COLUMN_COUNT].split("/")
                 raise ValidationError(
-                    "The line has %(count)s values; the header has %(expected)s columns.",
-                    params={"count": count, "expected": expected},
+                    "The line has %(count)s; the header has %(expected)s columns.",
+                    params={
+                        "count": f"{count} value" if count == "1" else f"{count} values",
+                        "expected": expected,
+                    },
                 )
             customer_external_id_validate(external_id)
             if external_id in seen:
