@@ -973,3 +973,47 @@ def _events_cancel(
             _pg_recompute(cursor, windows=windowed)
         cursor.execute("DROP TABLE meter_cancel_keys")
     return cancelled
+
+
+# --- Manual entry ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ManualEntryResult:
+    result: EventResult
+    event: MeterEvent | None  # the stored event (also for a duplicate), None when rejected
+
+
+def manual_event_record(
+    *,
+    user: AbstractBaseUser,
+    meter: Meter,
+    customer_ref: str,
+    value: str,
+    timestamp: datetime | None = None,
+    identifier: str | None = None,
+    now: datetime | None = None,
+) -> ManualEntryResult:
+    """Record one event typed in by a staff member, through the core, as a manual batch."""
+    payload = {meter.customer_mapping_key: customer_ref}
+    if value.strip():
+        payload[meter.value_settings_key] = value
+    with transaction.atomic():
+        batch = event_batch_create(source=EventBatch.Source.MANUAL, user=user)
+        report = meter_events_ingest(
+            events=[
+                EventInput(
+                    event_name=meter.event_name,
+                    payload=payload,
+                    identifier=identifier or None,
+                    timestamp=timestamp,
+                )
+            ],
+            batch=batch,
+            now=now,
+        )
+    result = report.results[0]
+    event = None
+    if result.outcome != Outcome.REJECTED:
+        event = MeterEvent.objects.select_related("meter", "customer").get(
+            identifier=result.identifier
+        )
+    return ManualEntryResult(result=result, event=event)

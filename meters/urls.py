@@ -22,4 +22,11 @@ urlpatterns = [
     path("customers/<int:pk>/edit/", customers.customer_edit, name="customer_edit"),
     # Events: explorer, manual entry, cancellation (meters/views/events.py)
     path("events/", events.event_list, name="event_list"),
+    path("events/new/", events.event_entry, name="event_entry"),
+    path(
+        "events/customer-options/",
+        events.event_customer_options,
+        name="event_customer_options",
+    ),
+    path("events/<int:pk>/cancel/", events.event_cancel, name="event_cancel"),
 ]

@@ -70,6 +70,9 @@ EXPECTED: dict[str, Expect] = {
     "meters:customer_edit": Expect(A, pk="customer"),
     # meters: events
     "meters:event_list": Expect(S),
+    "meters:event_entry": Expect(F),
+    "meters:event_customer_options": Expect(F),
+    "meters:event_cancel": Expect(F, method="post", pk="event"),
     # uploads
     "uploads:upload_list": Expect(S),
     "uploads:upload_create": Expect(F),
@@ -133,10 +136,28 @@ def _inactive_meter(world: World) -> Any:
     return MeterFactory(status="inactive", deactivated_at=timezone.now())
 
 
+def _event(world: World) -> Any:
+    from meters.ingestion import EventInput, event_batch_create, meter_events_ingest
+    from meters.models import EventBatch, MeterEvent
+
+    meter, customer = MeterFactory(), CustomerFactory()
+    report = meter_events_ingest(
+        events=[
+            EventInput(
+                event_name=meter.event_name,
+                payload={"stripe_customer_id": customer.external_id, "value": "1"},
+            )
+        ],
+        batch=event_batch_create(source=EventBatch.Source.MANUAL),
+    )
+    return MeterEvent.objects.get(identifier=report.results[0].identifier)
+
+
 BUILDERS: dict[str, Callable[[World], Any]] = {
     "meter": lambda world: MeterFactory(),
     "inactive_meter": _inactive_meter,
     "customer": lambda world: CustomerFactory(),
+    "event": lambda world: _event(world),
     "upload": lambda world: UploadFactory(),
     "price": billing_builders.build_price,
     "subscription": billing_builders.build_subscription,
