@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.contrib.auth import authenticate
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from meters.models import AuditEntry, Customer, Meter
+from usage_portal.roles import Role, user_role
+
+pytestmark = pytest.mark.django_db
+
+
+def _run() -> str:
+    out = StringIO()
+    call_command("demo_data", stdout=out)
+    return out.getvalue()
+
+
+def test_demo_data_is_idempotent_and_prints_credentials() -> None:
+    first = _run()
+    counts = (Meter.objects.count(), Customer.objects.count(), AuditEntry.objects.count())
+    assert counts[0] == 4 and counts[1] == 20
+    second = _run()
+    assert (Meter.objects.count(), Customer.objects.count(), AuditEntry.objects.count()) == counts
+    assert User.objects.count() == 4
+    for output in (first, second):
+        for pair in ("admin-demo-pass", "finance-demo-pass", "support-demo-pass", "root-demo-pass"):
+            assert pair in output
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "role"),
+    [
+        ("admin", "admin-demo-pass", Role.ADMIN),
+        ("finance", "finance-demo-pass", Role.FINANCE),
+        ("support", "support-demo-pass", Role.SUPPORT),
+        ("root", "root-demo-pass", Role.ADMIN),
+    ],
+)
+def test_demo_users_log_in_with_their_role(username: str, password: str, role: Role) -> None:
+    _run()
+    user = authenticate(username=username, password=password)
+    assert user is not None and user_role(user) == role
+    assert user.is_superuser == (username == "root")
+
+
+def test_demo_passwords_are_reset_on_every_run() -> None:
+    _run()
+    admin = User.objects.get(username="admin")
+    admin.set_password("changed")
+    admin.save()
+    _run()
+    assert authenticate(username="admin", password="admin-demo-pass") is not None
+
+
+def test_demo_meters_cover_every_formula_and_a_custom_value_key() -> None:
+    _run()
+    assert set(Meter.objects.values_list("aggregation_formula", flat=True)) == {
+        "sum",
+        "count",
+        "last",
+    }
+    assert Meter.objects.filter(value_settings_key="tokens").exists()
