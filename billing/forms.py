@@ -208,7 +208,7 @@ class PriceForm(forms.Form):
         return cleaned
 
     def _clean_tiers(self, currency: str) -> list[Tier]:
-        tiers = []
+        tiers: list[Tier] = []
         for index in range(self.tier_rows):
             up_to_text = (self.cleaned_data.get(f"tier-{index}-up_to") or "").strip()
             unit_text = self.cleaned_data.get(f"tier-{index}-unit")

@@ -125,7 +125,7 @@ class Price(models.Model):
 
     def __str__(self) -> str:
         label = self.nickname or self.get_pricing_model_display()
-        subject = self.meter.display_name if self.meter_id else "flat fee"
+        subject = self.meter.display_name if self.meter is not None else "flat fee"
         return f"{label}: {subject} ({self.currency.upper()})"
 
     def get_absolute_url(self) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -49,6 +50,11 @@ from meters.models import AuditEntry, Customer, Meter
 from meters.services import audit_record
 
 MAX_UNUSED_CREDIT_GRANTS = 100
+
+
+def _user(actor: AbstractBaseUser | None) -> Any:
+    """The user to record as creator: None for the system and anonymous users."""
+    return actor if actor is not None and actor.is_authenticated else None
 
 
 def _minute(moment: datetime) -> datetime:
@@ -112,7 +118,7 @@ def price_create(
         package_rounding=package_rounding,
         tiers=[tier_to_json(tier) for tier in tiers],
         replaces=replaces,
-        created_by=actor if actor is not None and actor.is_authenticated else None,
+        created_by=_user(actor),
     )
     price.full_clean(exclude=["replaces", "created_by"])
     if replaces is not None:
@@ -225,7 +231,7 @@ def subscription_create(
         billing_cycle_anchor=anchor,
         start_date=start,
         backdate_start_date=backdate,
-        created_by=actor if actor is not None and actor.is_authenticated else None,
+        created_by=_user(actor),
     )
     SubscriptionItem.objects.bulk_create(
         SubscriptionItem(subscription=subscription, price=item.price, quantity=item.quantity)
@@ -393,24 +399,24 @@ def invoice_finalize(*, invoice: Invoice, now: datetime | None = None) -> Invoic
             )
         )
     InvoiceLine.objects.bulk_create(stored)
-    stored = list(invoice.lines.order_by("position"))
+    saved = list(invoice.lines.order_by("position"))
     for application in applications:
-        line = stored[application.line_index]
-        line.credits_applied += application.amount
+        saved_line = saved[application.line_index]
+        saved_line.credits_applied += application.amount
         CreditTransaction.objects.create(
             grant=application.grant,
             kind=CreditTransaction.Kind.DEBIT,
             type=CreditTransaction.Type.APPLIED,
             amount=application.amount,
             invoice=invoice,
-            invoice_line=line,
+            invoice_line=saved_line,
             at=now,
         )
-    for line in stored:
-        if line.credits_applied:
-            line.save(update_fields=["credits_applied"])
-    invoice.subtotal = sum(line.amount for line in stored)
-    invoice.credits_applied = sum(line.credits_applied for line in stored)
+    for saved_line in saved:
+        if saved_line.credits_applied:
+            saved_line.save(update_fields=["credits_applied"])
+    invoice.subtotal = sum(saved_line.amount for saved_line in saved)
+    invoice.credits_applied = sum(saved_line.credits_applied for saved_line in saved)
     invoice.total = invoice.subtotal - invoice.credits_applied
     invoice.status = Invoice.Status.FINALIZED
     invoice.finalized_at = now
@@ -491,7 +497,7 @@ def credit_grant_create(
         effective_at=effective_at,
         expires_at=expires_at,
         applies_to_all_metered=not prices,
-        created_by=actor if actor is not None and actor.is_authenticated else None,
+        created_by=_user(actor),
     )
     if prices:
         grant.prices.set(prices)
