@@ -1,0 +1,142 @@
+"""Upload pages: forms, live partials, templates, the error table. The pipeline runs in the
+test process here (the worker tests cover the asynchronous path)."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from meters.models import Meter
+from tests.factories import MeterFactory
+from tests.uploads.conftest import HEADER, day, post_upload
+from uploads.models import Upload
+from uploads.services import upload_process
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def test_upload_page_has_help_templates_and_drop_zone(
+    finance_client: Client, api_meter: Meter
+) -> None:
+    MeterFactory(
+        event_name="tokens", display_name="Tokens", value_settings_key="tokens"
+    )  # custom value key
+    page = finance_client.get("/uploads/new/").content.decode()
+    assert 'id="drop-zone"' in page and 'type="file"' in page
+    assert "Up to 1 GB" in page
+    assert f"/uploads/templates/{api_meter.meter_id}.csv" in page
+
+
+def test_meter_template_uses_the_meter_keys(finance_client: Client) -> None:
+    tokens = MeterFactory(event_name="tokens", value_settings_key="tokens")
+    logins = MeterFactory(
+        event_name="logins", customer_mapping_key="account", aggregation_formula="count"
+    )
+    text = finance_client.get(f"/uploads/templates/{tokens.meter_id}.csv").content.decode()
+    assert text.splitlines()[0] == "timestamp,event_name,payload_stripe_customer_id,payload_tokens"
+    text = finance_client.get(f"/uploads/templates/{logins.meter_id}.csv").content.decode()
+    assert text.splitlines()[0] == "timestamp,event_name,payload_account"
+
+
+def test_post_lands_on_the_upload_page_queued(finance_client: Client) -> None:
+    response = finance_client.post(
+        "/uploads/new/", {"file": _file(b"timestamp,event_name\n")}, follow=True
+    )
+    upload = Upload.objects.get()
+    assert response.redirect_chain == [(upload.get_absolute_url(), 302)]
+    assert 'data-status="queued"' in response.content.decode()
+    assert upload.file.storage.exists(upload.file.name)
+
+
+def test_support_cannot_upload(support_client: Client) -> None:
+    assert support_client.post("/uploads/new/", {"file": _file(b"x")}).status_code == 403
+    assert not Upload.objects.exists()
+
+
+def test_over_the_limit_fails_at_once_without_storing(finance_client: Client, settings) -> None:
+    settings.USAGE_UPLOAD_MAX_BYTES = 10
+    upload = post_upload(finance_client, b"timestamp,event_name\n2024-01-01,x\n")
+    assert upload.status == Upload.Status.FAILED
+    assert "larger than the limit of 10 bytes" in upload.failed_reason
+    assert not upload.file
+
+
+def _file(content: bytes):  # type: ignore[no-untyped-def]
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile("usage.csv", content, "text/csv")
+
+
+def test_live_partial_polls_until_done_then_stops_with_286(
+    finance_client: Client, api_meter: Meter, customers
+) -> None:
+    upload = post_upload(finance_client, (HEADER + f"{day()},api_calls,cus_1,4\n").encode())
+    running = finance_client.get(upload.get_absolute_url(), **HTMX)
+    assert running.status_code == 200
+    assert 'hx-trigger="every 1s"' in running.content.decode()
+    assert "<html" not in running.content.decode()
+
+    upload_process(upload_id=upload.pk)
+    done = finance_client.get(upload.get_absolute_url(), **HTMX)
+    assert done.status_code == 286
+    body = done.content.decode()
+    assert "every 1s" not in body and 'data-status="succeeded"' in body
+    assert 'id="rows-imported">1<' in body
+
+
+def test_list_badges_poll_while_any_upload_is_active(
+    support_client: Client, finance_client: Client, api_meter: Meter, customers
+) -> None:
+    upload = post_upload(finance_client, (HEADER + f"{day()},api_calls,cus_1,4\n").encode())
+    page = support_client.get("/uploads/").content.decode()
+    assert "usage.csv" in page and 'data-status="queued"' in page
+    partial = support_client.get("/uploads/", **HTMX)
+    assert partial.status_code == 200 and "every 2s" in partial.content.decode()
+
+    upload_process(upload_id=upload.pk)
+    partial = support_client.get("/uploads/", **HTMX)
+    assert partial.status_code == 286
+    assert 'data-status="succeeded"' in partial.content.decode()
+
+
+def test_error_table_filters_by_code_and_paginates(
+    finance_client: Client, api_meter: Meter, customers
+) -> None:
+    d = day()
+    rows = [f"bad-{n},api_calls,cus_1,1\n" for n in range(60)]
+    rows += [f"{d},api_calls,cus_missing,1\n", f"{d},api_calls,cus_1,<b>x</b>\n"]
+    upload = post_upload(finance_client, (HEADER + "".join(rows)).encode())
+    upload_process(upload_id=upload.pk)
+
+    page = finance_client.get(upload.get_absolute_url()).content.decode()
+    assert "timestamp_invalid (60)" in page
+    assert "Failed rows 1\u201350" in page and "page=2" in page
+    assert "&lt;b&gt;x&lt;/b&gt;" not in page  # on page 2: invalid value sorts by line
+
+    partial = finance_client.get(
+        upload.get_absolute_url(),
+        {"code": "meter_event_invalid_value"},
+        HTTP_HX_TARGET="upload-errors",
+        **HTMX,
+    ).content.decode()
+    assert 'id="upload-errors"' in partial
+    assert "<html" not in partial and "timestamp_invalid</code>" not in partial
+    assert "&lt;b&gt;x&lt;/b&gt;" in partial and "<b>x</b>" not in partial
+
+    second = finance_client.get(upload.get_absolute_url(), {"page": 2}).content.decode()
+    assert "Failed rows 51\u201362" in second
+
+
+def test_validate_only_failed_and_cancelled_cannot_be_reverted(
+    finance_client: Client, api_meter: Meter, customers
+) -> None:
+    upload = post_upload(
+        finance_client, (HEADER + f"{day()},api_calls,cus_1,4\n").encode(), validate_only=True
+    )
+    upload_process(upload_id=upload.pk)
+    response = finance_client.post(f"/uploads/{upload.pk}/revert/", follow=True)
+    assert "can be reverted" in response.content.decode()
+    upload.refresh_from_db()
+    assert upload.reverted_at is None
