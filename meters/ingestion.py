@@ -62,10 +62,12 @@ of its window count again. Rollups are written in the same transaction as the ev
 
 Concurrency (PostgreSQL). Events are inserted in identifier order with
 ``ON CONFLICT (identifier) DO NOTHING``; whatever was not inserted is compared with the
-committed row. Then one rollup row per lock key -- (meter, customer, hour) for raw meters,
-(meter, customer, window start) for windowed ones -- is created if missing and locked with
-``FOR UPDATE`` in sorted key order, before any rollup or supersession is written.
-Cancellation takes the same locks, in the same order, before it touches the events.
+committed row. Rollups of raw meters are then upserted in sorted (meter, customer, hour)
+order, which takes their row locks in that order. For windowed meters one rollup row per
+(meter, customer, window start) is first created if missing and locked with ``FOR UPDATE``
+in sorted key order, before supersession and rollups of the window are recomputed.
+Cancellation locks every affected rollup key the same way, in the same order, before it
+touches the events.
 Cancellations are audited (``AuditEntry`` for the event, "meters.meterevent", or the batch,
 "meters.eventbatch", named as ``meters.services.audit_target`` names every object). Rollup
 rows with zero events can therefore remain on PostgreSQL; the selectors treat them as empty.
@@ -641,19 +643,29 @@ def _write_postgres(
             "value, payload, batch_id, line, received_at, superseded) "
             "SELECT id, identifier, meter_id, customer_id, ts, value, payload, %s, line, %s, "
             'false FROM meter_event_stage ORDER BY identifier COLLATE "C" '
-            "ON CONFLICT (identifier) DO NOTHING",
+            "ON CONFLICT (identifier) DO NOTHING RETURNING id",
             [batch.pk, now],
         )
-        cursor.execute(
-            "DELETE FROM meter_event_stage s USING meters_meterevent e "
-            "WHERE e.identifier = s.identifier AND e.id <> s.id "
-            "RETURNING s.id, e.meter_id, e.customer_id, e.timestamp, e.value"
+        inserted = {row[0] for row in cursor.fetchall()}
+        existing: dict[int, Any] = {}
+        if len(inserted) < len(candidates):
+            # Identifiers already taken: compare with the committed rows, drop from the stage.
+            cursor.execute(
+                "DELETE FROM meter_event_stage s USING meters_meterevent e "
+                "WHERE s.id = ANY(%s) AND e.identifier = s.identifier "
+                "RETURNING s.id, e.meter_id, e.customer_id, e.timestamp, e.value",
+                [[c.event_id for c in candidates if c.event_id not in inserted]],
+            )
+            existing = {by_id[row[0]].index: tuple(row[1:]) for row in cursor.fetchall()}
+        if not inserted:
+            return existing
+        # Windowed meters re-decide a whole window: lock it first. Raw meters need no separate
+        # lock: the sorted upsert below takes its row locks in key order.
+        _pg_lock(
+            cursor,
+            "SELECT DISTINCT meter_id, customer_id, lock_hour FROM meter_event_stage "
+            "WHERE windowed",
         )
-        existing = {by_id[row[0]].index: tuple(row[1:]) for row in cursor.fetchall()}
-        cursor.execute("SELECT 1 FROM meter_event_stage LIMIT 1")
-        if cursor.fetchone() is None:
-            return existing  # type: ignore[return-value]
-        _pg_lock(cursor, "SELECT DISTINCT meter_id, customer_id, lock_hour FROM meter_event_stage")
         # Raw meters: merge the new events into their hours.
         cursor.execute(
             "INSERT INTO meters_usagerollup AS r (meter_id, customer_id, hour, value_sum, "
@@ -687,7 +699,7 @@ def _write_postgres(
         )
         _pg_recompute(cursor, windows=True)
         cursor.execute("DROP TABLE meter_event_stage")
-    return existing  # type: ignore[return-value]
+    return existing
 
 
 def _pg_lock(cursor: Any, keys_sql: str, params: Sequence[Any] = ()) -> None:
