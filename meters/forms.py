@@ -18,7 +18,15 @@ from meters.services import CUSTOMER_IMPORT_MAX_BYTES, customer_metadata_validat
 # === Meters and customers ====================================================================
 
 
-class MeterCreateForm(forms.Form):
+class PortalForm(forms.Form):
+    """Labels without Django's trailing colon, as on the rest of the portal's pages."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+
+class MeterCreateForm(PortalForm):
     display_name = forms.CharField(
         max_length=250, help_text="The meter's name, shown on pages and invoices."
     )
@@ -55,7 +63,7 @@ class MeterCreateForm(forms.Form):
     )
 
 
-class MeterEditForm(forms.Form):
+class MeterEditForm(PortalForm):
     display_name = forms.CharField(max_length=250)
 
 
@@ -84,7 +92,7 @@ class MetadataField(forms.CharField):
         return customer_metadata_validate(parsed)
 
 
-class CustomerEditForm(forms.Form):
+class CustomerEditForm(PortalForm):
     name = forms.CharField(max_length=255, required=False)
     email = forms.EmailField(max_length=254, required=False)
     metadata = MetadataField(
@@ -106,7 +114,7 @@ class CustomerCreateForm(CustomerEditForm):
     field_order = ["external_id", "name", "email", "metadata"]
 
 
-class CustomerImportForm(forms.Form):
+class CustomerImportForm(PortalForm):
     file = forms.FileField(
         label="CSV file",
         help_text="UTF-8 CSV with the header id,name,email; at most 10,000 rows and 5 MB.",

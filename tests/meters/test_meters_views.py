@@ -93,7 +93,7 @@ def test_create_meter_and_land_on_its_page(admin_client_role: Client) -> None:
     assert response.redirect_chain[-1][0] == meter.get_absolute_url()
     html = response.content.decode()
     assert "Meter “Tokens” created." in html
-    assert meter.meter_id in html and "<!-- add-usage-slot -->" in html
+    assert meter.meter_id in html and '<section id="meter-usage"' in html
 
 
 def test_create_form_shows_the_meter_that_has_the_event_name(admin_client_role: Client) -> None:
