@@ -301,3 +301,18 @@ def test_permission_matrix(route: Route) -> None:
         else:
             assert response.status_code == 403, f"{label}: got {response.status_code}"
             assert b"Access denied" in response.content, f"{label}: not the 403 page"
+
+
+# --- The checker checks ----------------------------------------------------------------------
+def test_walker_recurses_through_namespaced_includes_and_sees_unguarded_views() -> None:
+    from django.http import HttpResponse
+    from django.urls import include, path
+
+    def unguarded(request: Any) -> HttpResponse:
+        return HttpResponse()
+
+    inner = ([path("x/<int:pk>/", unguarded, name="inner_view")], "inner")
+    outer = ([path("", include(inner))], "outer")
+    routes = list(_walk([path("a/", include(outer)), path("admin/", include(([], "admin")))]))
+    assert [(route.name, route.kwargs) for route in routes] == [("outer:inner:inner_view", ("pk",))]
+    assert getattr(routes[0].callback, "required_role", None) is None
