@@ -121,6 +121,8 @@ class Outcome(StrEnum):
 
 class Code(StrEnum):
     IDENTIFIER_TOO_LONG = "identifier_too_long"
+    INVALID_IDENTIFIER = "invalid_identifier"
+    INVALID_PAYLOAD = "invalid_payload"
     NO_METER = "no_meter"
     ARCHIVED_METER = "archived_meter"
     NO_CUSTOMER_DEFINED = "meter_event_no_customer_defined"
@@ -227,6 +229,7 @@ class _Candidate:
     timestamp_given: bool
     value: Decimal
     payload: dict[str, Any]
+    payload_json: str
     line: int | None
     event_id: int | None = None
 
@@ -265,6 +268,12 @@ def new_identifier() -> str:
 def value_parse(raw: str) -> Decimal:
     """The value of a payload string, or ``_Rejected`` with Stripe's code."""
     text = raw.strip()
+    if text.isascii() and text.isdigit():  # the common case: a plain whole number
+        significant = text.lstrip("0")
+        if len(significant) <= _MAX_VALUE_EXPONENT and len(significant.rstrip("0")) <= (
+            MAX_VALUE_DIGITS
+        ):
+            return Decimal(text)
     if not _VALUE_PATTERN.match(text):
         raise _Rejected(
             Code.INVALID_VALUE,
@@ -314,15 +323,23 @@ class _Context:
 
 def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
     identifier = event.identifier if event.identifier and event.identifier.strip() else None
-    if identifier is not None and len(identifier) > MAX_IDENTIFIER_LENGTH:
-        raise _Rejected(
-            Code.IDENTIFIER_TOO_LONG,
-            f"The identifier can have at most {MAX_IDENTIFIER_LENGTH} characters. "
-            f"Received {len(identifier)} characters.",
-            "identifier",
-        )
-    event_name = _clean(event.event_name)
+    if identifier is not None:
+        if len(identifier) > MAX_IDENTIFIER_LENGTH:
+            raise _Rejected(
+                Code.IDENTIFIER_TOO_LONG,
+                f"The identifier can have at most {MAX_IDENTIFIER_LENGTH} characters. "
+                f"Received {len(identifier)} characters.",
+                "identifier",
+            )
+        if "\x00" in identifier:
+            raise _Rejected(
+                Code.INVALID_IDENTIFIER, "The identifier contains a NUL character.", "identifier"
+            )
+    event_name = event.event_name
     meter = ctx.meters.get(event_name)
+    if meter is None:
+        event_name = _clean(event_name)
+        meter = ctx.meters.get(event_name)
     if meter is None:
         message = (
             f"No meter was found matching event_name {event_name}."
@@ -339,7 +356,8 @@ def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
         )
     payload = event.payload
     customer_key = meter.customer_mapping_key
-    customer_ref = _clean(payload.get(customer_key))
+    customer_ref = payload.get(customer_key)
+    customer_ref = customer_ref.strip() if isinstance(customer_ref, str) else _clean(customer_ref)
     if not customer_ref:
         raise _Rejected(
             Code.NO_CUSTOMER_DEFINED,
@@ -354,7 +372,8 @@ def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
             f"payload[{customer_key}]",
         )
     value_key = meter.value_settings_key
-    value_text = _clean(payload.get(value_key))
+    value_text = payload.get(value_key)
+    value_text = value_text.strip() if isinstance(value_text, str) else _clean(value_text)
     if not value_text:
         if meter.aggregation_formula != Meter.Formula.COUNT:
             raise _Rejected(
@@ -369,12 +388,13 @@ def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
         except _Rejected as rejected:
             rejected.param = f"payload[{value_key}]"
             raise
-    if event.timestamp is None:
+    timestamp = event.timestamp
+    if timestamp is None:
         timestamp = ctx.now.replace(microsecond=0)
-    else:
-        if timezone.is_naive(event.timestamp):
+    elif timestamp.tzinfo is not UTC or timestamp.microsecond:
+        if timezone.is_naive(timestamp):
             raise ValueError("EventInput.timestamp must be timezone-aware.")
-        timestamp = event.timestamp.astimezone(UTC).replace(microsecond=0)
+        timestamp = timestamp.astimezone(UTC).replace(microsecond=0)
     if timestamp < ctx.oldest:
         raise _Rejected(
             Code.TIMESTAMP_TOO_FAR_IN_PAST,
@@ -389,6 +409,9 @@ def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
             f"{_duration_words(settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS)} in the future.",
             "timestamp",
         )
+    payload_json = json.dumps(payload, separators=(",", ":"), default=str)
+    if "\\u0000" in payload_json:
+        raise _Rejected(Code.INVALID_PAYLOAD, "The payload contains a NUL character.", "payload")
     return _Candidate(
         index=index,
         identifier=identifier or new_identifier(),
@@ -397,7 +420,8 @@ def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
         timestamp=timestamp,
         timestamp_given=event.timestamp is not None,
         value=value,
-        payload={str(k): v if isinstance(v, str) else _clean(v) for k, v in payload.items()},
+        payload=dict(payload),
+        payload_json=payload_json,
         line=event.line,
     )
 
@@ -408,7 +432,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def _load_context(events: Sequence[EventInput], now: datetime) -> _Context:
-    names = {_clean(event.event_name) for event in events} - {""}
+    # Names and IDs with NUL match nothing (and PostgreSQL refuses them as parameters).
+    names = {n for n in (_clean(event.event_name) for event in events) if n and "\x00" not in n}
     meters: dict[str, Meter] = {}
     for chunk in _chunks(sorted(names), _IN_CHUNK):
         meters.update((m.event_name, m) for m in Meter.objects.filter(event_name__in=chunk))
@@ -417,7 +442,7 @@ def _load_context(events: Sequence[EventInput], now: datetime) -> _Context:
         meter = meters.get(_clean(event.event_name))
         if meter is not None:
             ref = _clean(event.payload.get(meter.customer_mapping_key))
-            if ref:
+            if ref and "\x00" not in ref:
                 refs.add(ref)
     customers: dict[str, int] = {}
     for chunk in _chunks(sorted(refs), _IN_CHUNK):
@@ -433,13 +458,19 @@ def _load_context(events: Sequence[EventInput], now: datetime) -> _Context:
     )
 
 
+def _storable(text: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL: show it as U+FFFD in stored rejections."""
+    return text.replace("\x00", "\ufffd") if isinstance(text, str) else text
+
+
 def _raw_of(event: EventInput) -> dict[str, Any]:
     if event.raw is not None:
-        return dict(event.raw)
-    raw: dict[str, Any] = {"event_name": event.event_name, "identifier": event.identifier or ""}
-    raw["timestamp"] = event.timestamp.isoformat() if event.timestamp else ""
-    raw.update({f"payload[{k}]": v for k, v in event.payload.items()})
-    return raw
+        raw = dict(event.raw)
+    else:
+        raw = {"event_name": event.event_name, "identifier": event.identifier or ""}
+        raw["timestamp"] = event.timestamp.isoformat() if event.timestamp else ""
+        raw.update({f"payload[{k}]": v for k, v in event.payload.items()})
+    return {_storable(k): _storable(v) for k, v in raw.items()}
 
 
 # --- Ingestion -------------------------------------------------------------------------------
@@ -463,13 +494,13 @@ def meter_events_ingest(
             EventRejection(
                 batch=batch,
                 line=event.line,
-                column=param,
+                column=_storable(param),
                 code=code.value,
-                message=message,
-                identifier=identifier[:255],
-                event_name=_clean(event.event_name)[:255],
+                message=_storable(message),
+                identifier=_storable(identifier[:255]),
+                event_name=_storable(_clean(event.event_name)[:255]),
                 meter=meter,
-                customer_ref=customer_ref[:255],
+                customer_ref=_storable(customer_ref[:255]),
                 raw=_raw_of(event),
             )
         )
@@ -546,6 +577,12 @@ def meter_events_ingest(
                     value=candidate.value,
                 )
         EventRejection.objects.bulk_create(rejections, batch_size=1000)
+        if not batch.dry_run:  # usage alerts: evaluated by Celery once this commits
+            from meters.alerts import usage_alerts_schedule
+
+            usage_alerts_schedule(
+                pairs={(c.meter.pk, c.customer_id) for c in fresh if c.index not in existing}
+            )
 
     final = [result for result in results if result is not None]
     assert len(final) == len(events)
@@ -620,23 +657,8 @@ def _write_postgres(
             "lock_hour timestamptz, rend timestamptz, windowed boolean) ON COMMIT DROP"
         )
         with cursor.copy(f"COPY meter_event_stage ({_STAGE_COLUMNS}, windowed) FROM STDIN") as copy:
-            for candidate in candidates:
-                lock_hour, rend = _window_of(candidate.meter, candidate.timestamp)
-                copy.write_row(
-                    (
-                        candidate.event_id,
-                        candidate.identifier,
-                        candidate.meter.pk,
-                        candidate.customer_id,
-                        candidate.timestamp,
-                        candidate.value,
-                        json.dumps(candidate.payload),
-                        candidate.line,
-                        lock_hour,
-                        rend,
-                        bool(candidate.meter.event_time_window),
-                    )
-                )
+            for chunk in _chunks(candidates, 5000):
+                copy.write("".join(_copy_line(candidate) for candidate in chunk))
         # Sorted by identifier so that two batches sharing identifiers wait, never deadlock.
         cursor.execute(
             "INSERT INTO meters_meterevent (id, identifier, meter_id, customer_id, timestamp, "
@@ -700,6 +722,26 @@ def _write_postgres(
         _pg_recompute(cursor, windows=True)
         cursor.execute("DROP TABLE meter_event_stage")
     return existing
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_line(candidate: _Candidate) -> str:
+    """One staging row in COPY's text format: tab-separated, backslash escapes, \\N null."""
+    iso = candidate.timestamp.isoformat()  # UTC, whole seconds: 2026-03-10T12:30:05+00:00
+    if candidate.meter.event_time_window:
+        window_start, window_end = _window_of(candidate.meter, candidate.timestamp)
+        lock, end, windowed = window_start.isoformat(), window_end.isoformat(), "t"
+    else:
+        lock, end, windowed = iso[:13] + ":00:00+00:00", "\\N", "f"
+    line = "\\N" if candidate.line is None else candidate.line
+    return (
+        f"{candidate.event_id}\t{candidate.identifier.translate(_COPY_ESCAPES)}\t"
+        f"{candidate.meter.pk}\t{candidate.customer_id}\t{iso}\t{candidate.value}\t"
+        f"{candidate.payload_json.translate(_COPY_ESCAPES)}\t{line}\t{lock}\t{end}\t"
+        f"{windowed}\n"
+    )
 
 
 def _pg_lock(cursor: Any, keys_sql: str, params: Sequence[Any] = ()) -> None:

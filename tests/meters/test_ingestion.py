@@ -501,3 +501,49 @@ def test_batch_cancel_cancels_only_that_batch(meter, customer, admin_role_user):
     entry = AuditEntry.objects.filter(target_type="meters.eventbatch").first()
     assert entry.changes == {"events_cancelled": [0, 0]}
     assert User.objects.filter(pk=entry.actor_id).exists()
+
+
+def test_awkward_characters_survive_storage(meter, customer):
+    identifier = 'tab\there\\back "quote"\nline'
+    report = ingest(
+        [ev(meter, customer, "1", identifier=identifier, note='a\\b\tc\r\n"d" \u00e9\u2603')]
+    )
+    assert report.accepted == 1
+    event = MeterEvent.objects.get()
+    assert event.identifier == identifier
+    assert event.payload["note"] == 'a\\b\tc\r\n"d" \u00e9\u2603'
+
+
+def test_nul_characters_are_rejected_not_fatal(meter, customer):
+    report = ingest(
+        [
+            ev(meter, customer, "1", identifier="a\x00b"),
+            ev(meter, customer, "1", note="x\x00y"),
+            ev(meter, customer, "1", identifier="fine"),
+        ]
+    )
+    assert [r.code for r in report.results] == [Code.INVALID_IDENTIFIER, Code.INVALID_PAYLOAD, ""]
+
+
+@pytest.mark.parametrize(
+    ("raw", "accepted"),
+    [
+        ("007", True),
+        ("0", True),
+        ("1000000000000000", True),  # one significant digit
+        ("1234567890123456", False),
+        ("1" + "0" * 30, True),
+        ("1" + "0" * 31, False),
+    ],
+)
+def test_whole_number_fast_path_agrees_with_the_rules(meter, customer, raw, accepted):
+    report = ingest([ev(meter, customer, raw)])
+    assert (report.accepted == 1) is accepted
+
+
+def test_nul_in_a_customer_reference_is_stored_as_a_rejection(meter):
+    report = ingest(
+        [EventInput(event_name="api_calls", payload={"stripe_customer_id": "c\x00", "value": "1"})]
+    )
+    assert report.results[0].code == Code.CUSTOMER_NOT_FOUND
+    assert EventRejection.objects.get().customer_ref == "c\ufffd"
