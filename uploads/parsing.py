@@ -92,12 +92,36 @@ class RowError:
     column: str = ""
 
 
+class RawRow(Mapping[str, str]):
+    """A record's original values by column, built into a dict only when needed (for a
+    rejection): most rows are imported and never need it."""
+
+    __slots__ = ("_fields", "_header")
+
+    def __init__(self, header: list[str], fields: list[str]) -> None:
+        self._header = header
+        self._fields = fields
+
+    def __getitem__(self, key: str) -> str:
+        try:
+            index = self._header.index(key)
+            return self._fields[index]
+        except (ValueError, IndexError):
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._header[: len(self._fields)])
+
+    def __len__(self) -> int:
+        return min(len(self._header), len(self._fields))
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedRow:
     """One data record: an event for the core, or an error of its own."""
 
     line: int
-    raw: dict[str, str]
+    raw: Mapping[str, str]
     event: EventInput | None = None
     error: RowError | None = None
 
@@ -278,6 +302,8 @@ def inspect(lines: Iterable[str], *, max_line_bytes: int) -> Inspection:
     imported), reads the header, counts the records and lists the event names used."""
     record_iter = records(lines, max_line_bytes=max_line_bytes)
     header = header_read(record_iter)
+    if problem := header_problems(header, []):
+        raise FileProblem(problem)  # no header at all, most likely: say so before reading on
     inspection = Inspection(header=header)
     event_index = header.index("event_name") if "event_name" in header else None
     names = inspection.event_names
@@ -304,6 +330,8 @@ def parse_timestamp(text: str) -> datetime:
     if cached is not None:
         return cached
     try:
+        if text.isdigit() and len(text) <= 11:
+            return datetime.fromtimestamp(int(text), tz=UTC)  # Unix seconds: the usual case
         if match := _DATE_ONLY.fullmatch(text):
             year, month, day = (int(part) for part in match.groups())
             result = datetime(year, month, day, tzinfo=UTC)
@@ -322,6 +350,13 @@ def parse_timestamp(text: str) -> datetime:
 
 def normalized_value(text: str) -> str:
     """``1.50``, ``1.5`` and ``15e-1`` are the same value; anything else stays as written."""
+    # Fast paths for the usual spellings ("42", "12.5"), which are already normal.
+    head, dot, tail = text.partition(".")
+    if head.isdigit() and (head == "0" or head[0] != "0"):
+        if not dot:
+            return head
+        if tail.isdigit() and tail[-1] != "0":
+            return text
     try:
         number = Decimal(text)
     except InvalidOperation:
@@ -418,16 +453,16 @@ class RowBuilder:
     def build(self, chunk: list[Record]) -> list[ParsedRow]:
         rows: list[ParsedRow | None] = []
         # Rows waiting for a derived identifier: (position, digest, event parts).
-        pending: list[
-            tuple[int, bytes, tuple[str, dict[str, str], datetime, int, dict[str, str]]]
-        ] = []
+        pending: list[tuple[int, bytes, tuple[str, dict[str, str], datetime, int, RawRow]]] = []
         header = self.header
         for record in chunk:
             if record.error:
                 rows.append(ParsedRow(record.line, {}, error=record.error))
                 continue
-            fields = [unescape_cell(value) for value in record.fields]
-            raw = dict(zip(header, fields, strict=False))
+            fields = record.fields
+            if any(value[:1] == "'" for value in fields):
+                fields = [unescape_cell(value) for value in fields]
+            raw = RawRow(header, fields)
             if len(fields) != self.width:
                 extra = fields[self.width :]
                 message = (
@@ -476,8 +511,13 @@ class RowBuilder:
                     )
                 )
                 continue
-            payload = {key: fields[index].strip() for index, key in self.payload_columns}
-            payload = {key: value for key, value in payload.items() if value}
+            payload = {}
+            for index, key in self.payload_columns:
+                value = fields[index]
+                if value:
+                    value = value.strip()
+                    if value:
+                        payload[key] = value
             identifier = (
                 fields[self.identifier_index].strip() if self.identifier_index is not None else ""
             )
