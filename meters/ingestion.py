@@ -111,6 +111,7 @@ MAX_VALUE_DIGITS = 15
 _MAX_VALUE_EXPONENT = 30
 _VALUE_PATTERN = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _IN_CHUNK = 500  # parameters per IN (...) on SQLite
+_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # reused: C encoder, no setup
 
 
 class Outcome(StrEnum):
@@ -409,7 +410,7 @@ def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
             f"{_duration_words(settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS)} in the future.",
             "timestamp",
         )
-    payload_json = json.dumps(payload, separators=(",", ":"), default=str)
+    payload_json = _JSON.encode(payload)
     if "\\u0000" in payload_json:
         raise _Rejected(Code.INVALID_PAYLOAD, "The payload contains a NUL character.", "payload")
     return _Candidate(
@@ -674,9 +675,8 @@ def _write_postgres(
             # Identifiers already taken: compare with the committed rows, drop from the stage.
             cursor.execute(
                 "DELETE FROM meter_event_stage s USING meters_meterevent e "
-                "WHERE s.id = ANY(%s) AND e.identifier = s.identifier "
-                "RETURNING s.id, e.meter_id, e.customer_id, e.timestamp, e.value",
-                [[c.event_id for c in candidates if c.event_id not in inserted]],
+                "WHERE e.identifier = s.identifier AND e.id <> s.id "
+                "RETURNING s.id, e.meter_id, e.customer_id, e.timestamp, e.value"
             )
             existing = {by_id[row[0]].index: tuple(row[1:]) for row in cursor.fetchall()}
         if not inserted:
@@ -725,6 +725,11 @@ def _write_postgres(
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
+def _copy_text(text: str) -> str:
+    return text.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(text) else text
 
 
 def _copy_line(candidate: _Candidate) -> str:
@@ -737,9 +742,9 @@ def _copy_line(candidate: _Candidate) -> str:
         lock, end, windowed = iso[:13] + ":00:00+00:00", "\\N", "f"
     line = "\\N" if candidate.line is None else candidate.line
     return (
-        f"{candidate.event_id}\t{candidate.identifier.translate(_COPY_ESCAPES)}\t"
+        f"{candidate.event_id}\t{_copy_text(candidate.identifier)}\t"
         f"{candidate.meter.pk}\t{candidate.customer_id}\t{iso}\t{candidate.value}\t"
-        f"{candidate.payload_json.translate(_COPY_ESCAPES)}\t{line}\t{lock}\t{end}\t"
+        f"{_copy_text(candidate.payload_json)}\t{line}\t{lock}\t{end}\t"
         f"{windowed}\n"
     )
 
