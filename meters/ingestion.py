@@ -195,7 +195,7 @@ def event_batch_create(
 ) -> EventBatch:
     if source not in EventBatch.Source.values:
         raise ValidationError(f"Unknown event source {source!r}.", code="invalid_source")
-    return EventBatch.objects.create(source=source, user=user, dry_run=dry_run)
+    return EventBatch.objects.create(source=source, user=user, dry_run=dry_run)  # type: ignore[misc]
 
 
 def event_rejections_record(*, batch: EventBatch, rejections: Iterable[RejectionInput]) -> int:
@@ -910,7 +910,8 @@ def _plain_recompute(ranges: set[RangeKey], windowed_meters: set[int]) -> None:
                 meter_id=meter_id, customer_id=customer_id, hour__in=list(buckets)
             )
         }
-        to_create, to_update = [], []
+        to_create: list[UsageRollup] = []
+        to_update: list[UsageRollup] = []
         for hour, events in buckets.items():
             last_id, last_timestamp, last_value = max(events, key=lambda e: (e[1], e[0]))
             rollup = current.get(hour) or UsageRollup(
@@ -978,6 +979,7 @@ def _events_cancel(
     now: datetime | None,
 ) -> int:
     now = now or timezone.now()
+    params: list[Any]
     if event_ids is not None:
         condition, params = "e.id = ANY(%s)", [event_ids]
         queryset = MeterEvent.objects.filter(pk__in=event_ids)

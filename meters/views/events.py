@@ -31,7 +31,7 @@ EVENTS_PER_PAGE = 50
 @role_required(Role.SUPPORT)
 def event_list(request: HtmxHttpRequest) -> HttpResponse:
     form = EventFilterForm(request.GET or None)
-    page = None
+    page: selectors.KeysetPage[Any]
     if form.is_bound and not form.is_valid():
         page = selectors.KeysetPage(items=[], next_before=None)
     else:
