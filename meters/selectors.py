@@ -556,3 +556,460 @@ def customer_options(*, search: str, limit: int = 20) -> list[Customer]:
         more = Customer.objects.filter(Q(name__icontains=search) | Q(email__icontains=search))
         by_id += [c for c in more.order_by("external_id")[: limit * 2] if c.pk not in seen]
     return by_id[:limit]
+
+
+# === Customer usage pages, meter overview, alerts and the dashboard (usage-pages engineer) =====
+# These read the hourly rollups only, so their ranges are whole UTC hours (the pages use whole
+# UTC days). They group with the same ``_Accumulator`` as ``meter_event_summaries`` above, so a
+# figure here equals Stripe's summary for the same range; tests/meters/test_usage_selectors.py
+# checks both against raw events. Cancelled and superseded events are never in a rollup.
+
+from collections import defaultdict  # noqa: E402
+
+from meters.models import UsageAlert, UsageAlertTrigger  # noqa: E402
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    """A meter's aggregate over [start, end): one hour or one UTC day."""
+
+    start: dt.datetime
+    end: dt.datetime
+    value: Decimal
+    event_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MeterUsage:
+    """One meter's usage by a customer over a range: the total and its buckets."""
+
+    meter: Meter
+    start: dt.datetime
+    end: dt.datetime
+    grouping: str
+    total: Decimal
+    event_count: int
+    last_event_at: dt.datetime | None
+    buckets: list[UsageBucket]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerTotal:
+    customer: Customer
+    value: Decimal
+    event_count: int
+
+
+def usage_hour_range_validate(*, start: dt.datetime, end: dt.datetime, grouping: str) -> None:
+    """The ranges of this section: hour or day grouping, bounds on whole hours (or days)."""
+    if grouping not in (Grouping.HOUR, Grouping.DAY):
+        raise ValidationError("Group by hour or by day.", code="invalid_grouping")
+    usage_range_validate(start=start, end=end, grouping=grouping)
+
+
+def _trunc_sql(grouping: str) -> str:
+    # A fixed literal per grouping: never user text in SQL.
+    return (
+        "date_trunc('hour', hour, 'UTC')"
+        if grouping == Grouping.HOUR
+        else ("date_trunc('day', hour, 'UTC')")
+    )
+
+
+_LAST_ORDER = "ORDER BY last_timestamp DESC, last_event_id DESC"
+
+
+def _rollup_windows(
+    *,
+    meter_ids: list[int],
+    customer_id: int | None,
+    start: dt.datetime,
+    end: dt.datetime,
+    grouping: str,
+) -> dict[tuple[int, dt.datetime], _Accumulator]:
+    """{(meter id, window start): accumulator} of the non-empty rollups of the range, for one
+    customer (``customer_id``) or every customer (None; then per-customer "last" values are
+    kept apart by the caller -- see ``meter_usage_over_time``)."""
+    buckets: dict[tuple[int, dt.datetime], _Accumulator] = defaultdict(_Accumulator)
+    if not meter_ids:
+        return buckets
+    if connection.vendor == "postgresql":
+        customer_sql = "AND customer_id = %s" if customer_id is not None else ""
+        params: list[Any] = [meter_ids]
+        if customer_id is not None:
+            params.append(customer_id)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT meter_id, {_trunc_sql(grouping)} AS w, sum(value_sum), "
+                f"sum(event_count), (array_agg(last_timestamp {_LAST_ORDER}))[1], "
+                f"(array_agg(last_event_id {_LAST_ORDER}))[1], "
+                f"(array_agg(last_value {_LAST_ORDER}))[1] "
+                f"FROM meters_usagerollup WHERE meter_id = ANY(%s) {customer_sql} "
+                "AND hour >= %s AND hour < %s AND event_count > 0 GROUP BY 1, 2",
+                [*params, start, end],
+            )
+            for meter_id, window, total, events, last_ts, last_id, last_value in cursor:
+                buckets[(meter_id, window)].add(total, int(events), last_ts, last_id, last_value)
+        return buckets
+    rollups = UsageRollup.objects.filter(
+        meter_id__in=meter_ids, hour__gte=start, hour__lt=end, event_count__gt=0
+    )
+    if customer_id is not None:
+        rollups = rollups.filter(customer_id=customer_id)
+    for meter_id, hour, total, events, last_ts, last_id, last_value in rollups.values_list(
+        "meter_id",
+        "hour",
+        "value_sum",
+        "event_count",
+        "last_timestamp",
+        "last_event_id",
+        "last_value",
+    ).iterator(chunk_size=2000):
+        buckets[(meter_id, _window_of(hour, start, grouping))].add(
+            total, events, last_ts, last_id, last_value
+        )
+    return buckets
+
+
+def _bucket_starts(start: dt.datetime, end: dt.datetime, grouping: str) -> list[dt.datetime]:
+    return _windows(start, end, grouping)
+
+
+def _step(grouping: str) -> dt.timedelta:
+    return _HOUR if grouping == Grouping.HOUR else _DAY
+
+
+def customer_usage_by_meter(
+    *,
+    customer: Customer,
+    start: dt.datetime,
+    end: dt.datetime,
+    grouping: str,
+    meter: Meter | None = None,
+) -> list[MeterUsage]:
+    """The customer's usage per meter over [start, end), grouped by hour or day, for the
+    meters with counted events in the range (or just ``meter``, even when empty), by name.
+
+    One query: the unique rollup index (meter, customer, hour) serves
+    ``meter_id = ANY(...) AND customer_id = ...`` with one index range per meter.
+    """
+    usage_hour_range_validate(start=start, end=end, grouping=grouping)
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+    meters = [meter] if meter is not None else list(Meter.objects.order_by("display_name", "pk"))
+    windows = _rollup_windows(
+        meter_ids=[m.pk for m in meters],
+        customer_id=customer.pk,
+        start=start,
+        end=end,
+        grouping=grouping,
+    )
+    used = {meter_id for meter_id, _ in windows}
+    step = _step(grouping)
+    result = []
+    for each in meters:
+        if meter is None and each.pk not in used:
+            continue
+        formula = each.aggregation_formula
+        overall = _Accumulator()
+        buckets = []
+        for window in _bucket_starts(start, end, grouping):
+            acc = windows.get((each.pk, window)) or _Accumulator()
+            overall.add(acc.total, acc.events, *(acc.last_key or (None, None)), acc.last_value)
+            buckets.append(
+                UsageBucket(
+                    start=window,
+                    end=window + step,
+                    value=acc.value(formula),
+                    event_count=acc.events,
+                )
+            )
+        result.append(
+            MeterUsage(
+                meter=each,
+                start=start,
+                end=end,
+                grouping=grouping,
+                total=overall.value(formula),
+                event_count=overall.events,
+                last_event_at=overall.last_key[0] if overall.last_key else None,
+                buckets=buckets,
+            )
+        )
+    return result
+
+
+def meter_usage_over_time(
+    *, meter: Meter, start: dt.datetime, end: dt.datetime, grouping: str
+) -> list[UsageBucket]:
+    """The meter's usage across all customers per hour or day of [start, end).
+
+    Sum and count meters add up every customer's usage. For a "last" meter each customer's
+    usage in a window is its last value there, and the window shows their sum: what billing
+    all customers for that window would count.
+    """
+    usage_hour_range_validate(start=start, end=end, grouping=grouping)
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+    totals: dict[dt.datetime, Decimal] = defaultdict(Decimal)
+    counts: dict[dt.datetime, int] = defaultdict(int)
+    formula = meter.aggregation_formula
+    if connection.vendor == "postgresql":
+        if formula == Meter.Formula.LAST:
+            sql = (
+                "SELECT w, sum(v), sum(n) FROM (SELECT customer_id, "
+                f"{_trunc_sql(grouping)} AS w, (array_agg(last_value {_LAST_ORDER}))[1] AS v, "
+                "sum(event_count) AS n FROM meters_usagerollup WHERE meter_id = %s "
+                "AND hour >= %s AND hour < %s AND event_count > 0 GROUP BY 1, 2) t GROUP BY w"
+            )
+        else:
+            sql = (
+                f"SELECT {_trunc_sql(grouping)} AS w, sum(value_sum), sum(event_count) "
+                "FROM meters_usagerollup WHERE meter_id = %s AND hour >= %s AND hour < %s "
+                "AND event_count > 0 GROUP BY 1"
+            )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [meter.pk, start, end])
+            for window, total, events in cursor:
+                totals[window] = total if formula != Meter.Formula.COUNT else Decimal(events)
+                counts[window] = int(events)
+    else:
+        per_customer: dict[tuple[int, dt.datetime], _Accumulator] = defaultdict(_Accumulator)
+        for customer_id, hour, total, events, last_ts, last_id, last_value in (
+            UsageRollup.objects.filter(
+                meter=meter, hour__gte=start, hour__lt=end, event_count__gt=0
+            )
+            .values_list(
+                "customer_id",
+                "hour",
+                "value_sum",
+                "event_count",
+                "last_timestamp",
+                "last_event_id",
+                "last_value",
+            )
+            .iterator(chunk_size=2000)
+        ):
+            per_customer[(customer_id, _window_of(hour, start, grouping))].add(
+                total, events, last_ts, last_id, last_value
+            )
+        for (_, window), acc in per_customer.items():
+            totals[window] += acc.value(formula)
+            counts[window] += acc.events
+    step = _step(grouping)
+    return [
+        UsageBucket(
+            start=window,
+            end=window + step,
+            value=totals.get(window, Decimal(0)),
+            event_count=counts.get(window, 0),
+        )
+        for window in _bucket_starts(start, end, grouping)
+    ]
+
+
+def meter_top_customers(
+    *, meter: Meter, start: dt.datetime, end: dt.datetime, limit: int = 10
+) -> list[CustomerTotal]:
+    """The customers with the greatest usage of ``meter`` over [start, end) (whole hours),
+    greatest first; ties by customer ID."""
+    usage_range_validate(start=start, end=end, grouping=Grouping.HOUR)
+    formula = meter.aggregation_formula
+    rows: list[tuple[int, Decimal, int]] = []
+    if connection.vendor == "postgresql":
+        value_sql = {
+            Meter.Formula.SUM: "sum(value_sum)",
+            Meter.Formula.COUNT: "sum(event_count)::numeric",
+            Meter.Formula.LAST: f"(array_agg(last_value {_LAST_ORDER}))[1]",
+        }[Meter.Formula(formula)]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT customer_id, {value_sql} AS v, sum(event_count) "
+                "FROM meters_usagerollup WHERE meter_id = %s AND hour >= %s AND hour < %s "
+                "AND event_count > 0 GROUP BY customer_id ORDER BY v DESC, customer_id LIMIT %s",
+                [meter.pk, start, end, limit],
+            )
+            rows = [(customer_id, value, int(events)) for customer_id, value, events in cursor]
+    else:
+        per_customer: dict[int, _Accumulator] = defaultdict(_Accumulator)
+        for customer_id, total, events, last_ts, last_id, last_value in UsageRollup.objects.filter(
+            meter=meter, hour__gte=start, hour__lt=end, event_count__gt=0
+        ).values_list(
+            "customer_id",
+            "value_sum",
+            "event_count",
+            "last_timestamp",
+            "last_event_id",
+            "last_value",
+        ):
+            per_customer[customer_id].add(total, events, last_ts, last_id, last_value)
+        rows = sorted(
+            ((cid, acc.value(formula), acc.events) for cid, acc in per_customer.items()),
+            key=lambda row: (-row[1], row[0]),
+        )[:limit]
+    customers = Customer.objects.in_bulk([row[0] for row in rows])
+    return [
+        CustomerTotal(customer=customers[cid], value=Decimal(value), event_count=events)
+        for cid, value, events in rows
+    ]
+
+
+def customers_month_usage(
+    *, meter: Meter, customer_ids: Sequence[int], now: dt.datetime
+) -> dict[int, Decimal]:
+    """{customer id: the meter's aggregate for the customer over the calendar month (UTC) of
+    ``now``} -- what usage alerts compare with their threshold. Customers without usage: 0."""
+    month_start, month_end = calendar_month(now)
+    windows_by_customer: dict[int, _Accumulator] = defaultdict(_Accumulator)
+    ids = sorted(set(customer_ids))
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT customer_id, sum(value_sum), sum(event_count), "
+                f"(array_agg(last_timestamp {_LAST_ORDER}))[1], "
+                f"(array_agg(last_event_id {_LAST_ORDER}))[1], "
+                f"(array_agg(last_value {_LAST_ORDER}))[1] FROM meters_usagerollup "
+                "WHERE meter_id = %s AND customer_id = ANY(%s) AND hour >= %s AND hour < %s "
+                "AND event_count > 0 GROUP BY customer_id",
+                [meter.pk, ids, month_start, month_end],
+            )
+            for customer_id, total, events, last_ts, last_id, last_value in cursor:
+                windows_by_customer[customer_id].add(
+                    total, int(events), last_ts, last_id, last_value
+                )
+    else:
+        for start in range(0, len(ids), 500):
+            for (
+                customer_id,
+                total,
+                events,
+                last_ts,
+                last_id,
+                last_value,
+            ) in UsageRollup.objects.filter(
+                meter=meter,
+                customer_id__in=ids[start : start + 500],
+                hour__gte=month_start,
+                hour__lt=month_end,
+                event_count__gt=0,
+            ).values_list(
+                "customer_id",
+                "value_sum",
+                "event_count",
+                "last_timestamp",
+                "last_event_id",
+                "last_value",
+            ):
+                windows_by_customer[customer_id].add(total, events, last_ts, last_id, last_value)
+    formula = meter.aggregation_formula
+    return {
+        customer_id: windows_by_customer[customer_id].value(formula)
+        if customer_id in windows_by_customer
+        else Decimal(0)
+        for customer_id in ids
+    }
+
+
+def calendar_month(moment: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """[first instant, first instant of the next month) of ``moment``'s UTC calendar month."""
+    moment = moment.astimezone(dt.UTC)
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + dt.timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionCount:
+    code: str
+    count: int
+
+
+def meter_rejections_by_code(
+    *, meter: Meter, since: dt.datetime, until: dt.datetime | None = None
+) -> list[RejectionCount]:
+    """Rejected events of ``meter`` per error code since ``since`` (validate-only uploads
+    excluded: nothing was refused, only checked), most frequent first."""
+    rejections = EventRejection.objects.filter(
+        meter=meter, created__gte=since, batch__dry_run=False
+    )
+    if until is not None:
+        rejections = rejections.filter(created__lt=until)
+    rows = rejections.values("code").annotate(count=models.Count("id")).order_by("-count", "code")
+    return [RejectionCount(code=row["code"], count=row["count"]) for row in rows]
+
+
+def meter_hourly_event_counts(
+    *, meter: Meter, start: dt.datetime, end: dt.datetime
+) -> list[UsageBucket]:
+    """Counted events of ``meter`` per hour of event time over [start, end), all customers,
+    from the rollups: the live feed's hourly bars."""
+    buckets = meter_usage_over_time(meter=meter, start=start, end=end, grouping=Grouping.HOUR)
+    return [
+        UsageBucket(
+            start=b.start, end=b.end, value=Decimal(b.event_count), event_count=b.event_count
+        )
+        for b in buckets
+    ]
+
+
+def alert_list(*, status: str = "") -> QuerySet[UsageAlert]:
+    alerts = UsageAlert.objects.select_related("meter", "customer").annotate(
+        trigger_count=models.Count("triggers")
+    )
+    if status in UsageAlert.Status.values:
+        alerts = alerts.filter(status=status)
+    return alerts.order_by("-created", "-id")
+
+
+def alert_triggers(
+    *,
+    alert: UsageAlert | None = None,
+    customer: Customer | None = None,
+    since: dt.datetime | None = None,
+) -> QuerySet[UsageAlertTrigger]:
+    """Triggered alerts, newest first."""
+    triggers = UsageAlertTrigger.objects.select_related("alert__meter", "customer")
+    if alert is not None:
+        triggers = triggers.filter(alert=alert)
+    if customer is not None:
+        triggers = triggers.filter(customer=customer)
+    if since is not None:
+        triggers = triggers.filter(triggered_at__gte=since)
+    return triggers.order_by("-triggered_at", "-id")
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardFigures:
+    events_today: int
+    meters_active: int
+    meters_total: int
+    customers_with_usage_this_month: int
+    alerts_fired_this_week: int
+
+
+def dashboard_figures(*, now: dt.datetime) -> DashboardFigures:
+    """The home page's meters figures. Events "ingested today" are counted by receipt time,
+    through today's batches (the batch index), not by event time."""
+    now = now.astimezone(dt.UTC)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    week_start = today - dt.timedelta(days=today.weekday())
+    month_start, _ = calendar_month(now)
+    batches_today = EventBatch.objects.filter(created__gte=today, dry_run=False)
+    events_today = MeterEvent.objects.filter(batch__in=batches_today, received_at__gte=today)
+    meter_ids = list(Meter.objects.values_list("pk", flat=True))
+    # One index probe per (customer, meter) on the unique rollup index: no full scan.
+    usage_this_month = UsageRollup.objects.filter(
+        meter_id__in=meter_ids,
+        customer_id=models.OuterRef("pk"),
+        hour__gte=month_start,
+        event_count__gt=0,
+    )
+    return DashboardFigures(
+        events_today=events_today.count(),
+        meters_active=Meter.objects.filter(status=Meter.Status.ACTIVE).count(),
+        meters_total=len(meter_ids),
+        customers_with_usage_this_month=Customer.objects.filter(
+            models.Exists(usage_this_month)
+        ).count(),
+        alerts_fired_this_week=UsageAlertTrigger.objects.filter(
+            triggered_at__gte=week_start
+        ).count(),
+    )

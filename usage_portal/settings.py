@@ -205,6 +205,15 @@ CELERY_BEAT_SCHEDULE["uploads-requeue-stale"] = {
 # Invoice finalization grace period (Stripe: default 1 hour, at most 72 hours, and always
 # shorter than the billing interval). Late usage inside it still lands on the invoice.
 BILLING_GRACE_PERIOD_MINUTES = int(os.environ.get("BILLING_GRACE_PERIOD_MINUTES", "60"))
+# Usage alerts: webhook delivery attempts, the first retry delay (doubling, capped at an
+# hour) and the request timeout.
+USAGE_ALERT_WEBHOOK_MAX_ATTEMPTS = int(os.environ.get("USAGE_ALERT_WEBHOOK_MAX_ATTEMPTS", "8"))
+USAGE_ALERT_WEBHOOK_BACKOFF_SECONDS = float(
+    os.environ.get("USAGE_ALERT_WEBHOOK_BACKOFF_SECONDS", "30")
+)
+USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS = float(
+    os.environ.get("USAGE_ALERT_WEBHOOK_TIMEOUT_SECONDS", "10")
+)
 
 LOGGING = {
     "version": 1,
