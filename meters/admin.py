@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.apps import apps
 from django.contrib import admin
 from django.http import HttpRequest
 
@@ -140,3 +141,10 @@ class EventRejectionAdmin(ReadOnlyAdmin):
     search_fields = ("identifier", "event_name", "customer_ref")
     raw_id_fields = ("batch", "meter")
     show_full_result_count = False
+
+
+# Keep this last: any meters model without an admin above gets a read-only one, so a new model
+# is never missing from the admin. Register it explicitly above to give it a better page.
+for _model in apps.get_app_config("meters").get_models():
+    if not admin.site.is_registered(_model):
+        admin.site.register(_model, ReadOnlyAdmin)
