@@ -20,6 +20,11 @@ urlpatterns = [
         name="customer_estimate",
     ),
     path(
+        "customers/<int:customer_pk>/late-usage/",
+        views.customer_late_usage,
+        name="customer_late_usage",
+    ),
+    path(
         "customers/<int:customer_pk>/subscriptions/new/",
         views.subscription_create,
         name="subscription_create",

@@ -244,7 +244,6 @@ def _billing_context(customer: Customer) -> dict[str, object]:
         "customer": customer,
         "now": now,
         "estimates": selectors.customer_estimates(customer=customer, now=now),
-        "late_events": selectors.customer_late_events(customer=customer),
     }
 
 
@@ -257,6 +256,7 @@ def customer_billing(request: HtmxHttpRequest, customer_pk: int) -> HttpResponse
     context.update(
         {
             "nav": "customers",
+            "late_events": selectors.customer_late_events(customer=customer),
             "subscriptions": selectors.customer_subscriptions(customer=customer),
             "invoices": selectors.customer_invoices(customer=customer)[:12],
             "grants": selectors.credit_grant_rows(customer=customer, now=now),
@@ -274,6 +274,21 @@ def customer_estimate(request: HtmxHttpRequest, customer_pk: int) -> HttpRespons
     if not request.htmx:
         return redirect("billing:customer_billing", customer_pk=customer.pk)
     return render(request, "billing/customer_billing.html#estimate", _billing_context(customer))
+
+
+@require_GET
+@role_required(Role.SUPPORT)
+def customer_late_usage(request: HtmxHttpRequest, customer_pk: int) -> HttpResponse:
+    """Late, not billed usage, as a partial for the customer page (htmx, loaded once), or
+    the customer's billing page without JavaScript."""
+    customer = get_object_or_404(Customer, pk=customer_pk)
+    if not request.htmx:
+        return redirect("billing:customer_billing", customer_pk=customer.pk)
+    return render(
+        request,
+        "billing/customer_billing.html#late",
+        {"customer": customer, "late_events": selectors.customer_late_events(customer=customer)},
+    )
 
 
 # --- Invoices --------------------------------------------------------------------------------

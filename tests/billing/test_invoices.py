@@ -15,7 +15,12 @@ from django.test import Client, override_settings
 from billing import services, tasks
 from billing.models import CreditTransaction, Invoice, Price, Subscription
 from billing.pricing import Tier
-from billing.selectors import credit_grant_balances, meter_events_late, subscription_estimate
+from billing.selectors import (
+    credit_grant_balances,
+    customer_late_events,
+    meter_events_late,
+    subscription_estimate,
+)
 from meters.models import Customer, Meter, MeterEvent
 from tests.billing.conftest import record_usage
 from tests.factories import CustomerFactory, MeterFactory
@@ -104,6 +109,7 @@ def test_grace_period_boundaries_and_late_usage(
         record_usage(meter, customer, 2, utc(2025, 3, 31, 12), identifier="late-one")
         record_usage(meter, customer, 4, utc(2025, 4, 1, 0, 10), identifier="april-one")
     assert list(meter_events_late().values_list("identifier", flat=True)) == ["late-one"]
+    assert [e.identifier for e in customer_late_events(customer=customer)] == ["late-one"]
     assert advance_at(utc(2025, 4, 1, 2))["finalized"] == 0
     invoice.refresh_from_db()
     assert invoice.total == 5450
@@ -225,4 +231,11 @@ def test_invoice_pages(
     billing = support_client.get(f"/billing/customers/{customer.pk}/").content.decode()
     assert "Late usage, not billed" in billing
     assert "too-late" in billing
+    partial = support_client.get(
+        f"/billing/customers/{customer.pk}/late-usage/", headers={"HX-Request": "true"}
+    ).content.decode()
+    assert "<html" not in partial and "too-late" in partial
+    assert f"/billing/customers/{customer.pk}/late-usage/" in (
+        support_client.get(customer.get_absolute_url()).content.decode()
+    )
     assert MeterEvent.objects.count() == 2

@@ -91,6 +91,7 @@ EXPECTED: dict[str, Expect] = {
     "billing:price_unarchive": Expect(A, method="post"),
     "billing:customer_billing": Expect(S),
     "billing:customer_estimate": Expect(S, ok=(302,)),  # without htmx: the billing page
+    "billing:customer_late_usage": Expect(S, ok=(302,)),  # without htmx: the billing page
     "billing:subscription_create": Expect(A),
     "billing:subscription_detail": Expect(S),
     "billing:subscription_cancel": Expect(A, method="post"),
