@@ -12,6 +12,7 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib import admin
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 
 from meters import services
@@ -24,6 +25,10 @@ from meters.models import (
     MeterEvent,
     UsageRollup,
 )
+
+
+def _staff_user(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -55,11 +60,11 @@ class MeterAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def save_model(self, request: HttpRequest, obj: Meter, form: Any, change: bool) -> None:
         if change:
             saved = services.meter_update(
-                meter=obj, actor=request.user, display_name=obj.display_name
+                meter=obj, actor=_staff_user(request), display_name=obj.display_name
             )
         else:
             saved = services.meter_create(
-                actor=request.user,
+                actor=_staff_user(request),
                 display_name=obj.display_name,
                 event_name=obj.event_name,
                 aggregation_formula=obj.aggregation_formula,
@@ -86,14 +91,14 @@ class CustomerAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if change:
             saved = services.customer_update(
                 customer=obj,
-                actor=request.user,
+                actor=_staff_user(request),
                 name=obj.name,
                 email=obj.email,
                 metadata=obj.metadata,
             )
         else:
             saved = services.customer_create(
-                actor=request.user,
+                actor=_staff_user(request),
                 external_id=obj.external_id,
                 name=obj.name,
                 email=obj.email,

@@ -67,7 +67,7 @@ class MeterEditForm(PortalForm):
     display_name = forms.CharField(max_length=250)
 
 
-class MetadataField(forms.CharField):
+class MetadataField(forms.Field):
     """A JSON object typed into a textarea, with the parse error said plainly."""
 
     widget = forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono"})
@@ -78,7 +78,7 @@ class MetadataField(forms.CharField):
         return value
 
     def to_python(self, value: Any) -> dict[str, Any]:
-        text = (super().to_python(value) or "").strip()
+        text = str(value or "").strip()
         if not text:
             return {}
         try:

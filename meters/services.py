@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, User
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, models, transaction
@@ -58,7 +58,7 @@ def audit_record(
         target_type=target_type,
         target_id=target_id,
         action=action,
-        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor=actor if isinstance(actor, User) else None,
         changes={
             name: [_jsonable(value) for value in pair] for name, pair in (changes or {}).items()
         },
@@ -75,6 +75,13 @@ def _diff(obj: models.Model, new_values: Mapping[str, Any]) -> dict[str, list[An
 
 # --- Meters ----------------------------------------------------------------------------------
 
+METER_FIELD_LABELS = {
+    "event_name": "Event name",
+    "aggregation_formula": "Aggregation formula",
+    "customer_mapping_key": "Customer payload key",
+    "value_settings_key": "Value payload key",
+    "event_time_window": "Event time window",
+}
 METER_IMMUTABLE_FIELDS = (
     "event_name",
     "aggregation_formula",
@@ -99,8 +106,8 @@ def meter_event_name_taken_error(existing: Meter) -> ValidationError:
     )
 
 
-def _check_event_name_free(event_name: str, *, exclude_pk: int | None = None) -> None:
-    existing = Meter.objects.filter(event_name=event_name).exclude(pk=exclude_pk).first()
+def _check_event_name_free(event_name: str) -> None:
+    existing = Meter.objects.filter(event_name=event_name).first()
     if existing is not None:
         raise ValidationError({"event_name": meter_event_name_taken_error(existing)})
 
@@ -108,7 +115,7 @@ def _check_event_name_free(event_name: str, *, exclude_pk: int | None = None) ->
 @transaction.atomic
 def meter_create(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     display_name: str,
     event_name: str,
     aggregation_formula: str = Meter.Formula.SUM,
@@ -156,7 +163,7 @@ def _locked_meter(meter: Meter) -> Meter:
 def meter_update(
     *,
     meter: Meter,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     display_name: str | None = None,
     event_name: str | None = None,
     aggregation_formula: str | None = None,
@@ -179,7 +186,7 @@ def meter_update(
         name: ValidationError(
             "%(label)s can't be changed after the meter is created; only the display name can.",
             code="immutable_field",
-            params={"label": Meter._meta.get_field(name).verbose_name.capitalize()},
+            params={"label": METER_FIELD_LABELS[name]},
         )
         for name, value in requested.items()
         if value is not None and value != getattr(locked, name)
@@ -199,7 +206,7 @@ def meter_update(
 
 
 @transaction.atomic
-def meter_deactivate(*, meter: Meter, actor: AbstractBaseUser | None) -> Meter:
+def meter_deactivate(*, meter: Meter, actor: User | None) -> Meter:
     """Stop accepting events for the meter. Its events and usage stay."""
     locked = _locked_meter(meter)
     if not locked.is_active:
@@ -218,7 +225,7 @@ def meter_deactivate(*, meter: Meter, actor: AbstractBaseUser | None) -> Meter:
 
 
 @transaction.atomic
-def meter_reactivate(*, meter: Meter, actor: AbstractBaseUser | None) -> Meter:
+def meter_reactivate(*, meter: Meter, actor: User | None) -> Meter:
     locked = _locked_meter(meter)
     if locked.is_active:
         raise ValidationError("This meter is already active.", code="meter_already_active")
@@ -319,7 +326,7 @@ def customer_id_taken_error(external_id: str) -> ValidationError:
 @transaction.atomic
 def customer_create(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     external_id: str,
     name: str = "",
     email: str = "",
@@ -360,7 +367,7 @@ def customer_create(
 def customer_update(
     *,
     customer: Customer,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     name: str | None = None,
     email: str | None = None,
     metadata: dict[str, Any] | None = None,
@@ -436,7 +443,7 @@ def _decode_csv(data: bytes) -> str:
 
 
 @transaction.atomic
-def customers_import_csv(*, actor: AbstractBaseUser | None, data: bytes) -> CustomerImportResult:
+def customers_import_csv(*, actor: User | None, data: bytes) -> CustomerImportResult:
     """Import customers from CSV with the header ``id,name,email`` (``id`` required, the
     others optional, any order). Valid rows are created; invalid rows, and rows whose ID
     already exists (never overwritten), are reported with their line numbers.
@@ -523,7 +530,7 @@ def customers_import_csv(*, actor: AbstractBaseUser | None, data: bytes) -> Cust
                 target_type=audit_target(customer)[0],
                 target_id=str(customer.pk),
                 action=AuditEntry.Action.IMPORT,
-                actor=actor if actor is not None and actor.is_authenticated else None,
+                actor=actor,
                 changes={
                     name: [None, getattr(customer, name)]
                     for name in ("external_id", "name", "email")
