@@ -267,3 +267,12 @@ def test_at_most_100_unused_grants_per_customer() -> None:
 def test_subscription_builder_has_one_item() -> None:
     subscription = build_subscription()
     assert subscription.items.count() == 1
+
+
+@pytest.mark.parametrize(("minutes", "ok"), [(0, True), (60, True), (4320, True), (4321, False)])
+def test_grace_period_setting_is_checked_at_start_up(minutes: int, ok: bool) -> None:
+    from billing.checks import grace_period_check
+
+    with override_settings(BILLING_GRACE_PERIOD_MINUTES=minutes):
+        errors = grace_period_check(None)
+    assert (errors == []) is ok
