@@ -59,6 +59,9 @@ the greatest (timestamp, id). Meters with an ``event_time_window`` (hour or day)
 the most recently received non-cancelled event per (customer, window); the others are
 ``superseded``. Cancelling that event makes the most recently received non-cancelled event
 of its window count again. Rollups are written in the same transaction as the events.
+Cancelling events of raw meters subtracts them from their hours and, where the hour's "last"
+event was cancelled, reads the hour's new last event; windows of pre-aggregated meters are
+recomputed from their events. Either way the rollups stay exact.
 
 Concurrency (PostgreSQL). Events are inserted in identifier order with
 ``ON CONFLICT (identifier) DO NOTHING``; whatever was not inserted is compared with the
@@ -1017,22 +1020,49 @@ def _events_cancel(
         cursor.execute(f"CREATE TEMP TABLE meter_cancel_keys ON COMMIT DROP AS {keys}", params)
         # Locks first, then the events: ingestion takes them in the same order.
         _pg_lock(cursor, "SELECT meter_id, customer_id, hour FROM meter_cancel_keys")
+        cursor.execute("DROP TABLE IF EXISTS meter_cancelled")
         cursor.execute(
-            f"UPDATE meters_meterevent e SET cancelled_at = %s, cancelled_by_id = %s "
-            f"WHERE {condition} AND e.cancelled_at IS NULL",
+            "CREATE TEMP TABLE meter_cancelled (id bigint, meter_id bigint, customer_id bigint, "
+            "ts timestamptz, value numeric, windowed boolean) ON COMMIT DROP"
+        )
+        cursor.execute(
+            "WITH done AS (UPDATE meters_meterevent e SET cancelled_at = %s, "
+            f"cancelled_by_id = %s WHERE {condition} AND e.cancelled_at IS NULL "
+            "RETURNING e.id, e.meter_id, e.customer_id, e.timestamp, e.value, e.superseded) "
+            "INSERT INTO meter_cancelled SELECT d.id, d.meter_id, d.customer_id, d.timestamp, "
+            "d.value, m.event_time_window <> '' FROM done d JOIN meters_meter m "
+            "ON m.id = d.meter_id",
             [now, user.pk, *params],
         )
         cancelled = cursor.rowcount
-        for windowed in (True, False):
-            cursor.execute("DROP TABLE IF EXISTS meter_rollup_ranges")
-            cursor.execute(
-                "CREATE TEMP TABLE meter_rollup_ranges ON COMMIT DROP AS SELECT meter_id, "
-                "customer_id, hour AS rstart, hour + span AS rend FROM meter_cancel_keys "
-                "WHERE windowed = %s",
-                [windowed],
-            )
-            _pg_recompute(cursor, windows=windowed)
+        # Raw meters: take the cancelled events out of their hours, and find a new "last"
+        # where the last event was cancelled. Exact, and it reads only those hours' tails.
+        cursor.execute(
+            "UPDATE meters_usagerollup r SET value_sum = r.value_sum - c.total, "
+            "event_count = r.event_count - c.events FROM (SELECT meter_id, customer_id, "
+            "date_trunc('hour', ts, 'UTC') AS hour, sum(value) AS total, count(*) AS events "
+            "FROM meter_cancelled WHERE NOT windowed GROUP BY 1, 2, 3) c "
+            "WHERE r.meter_id = c.meter_id AND r.customer_id = c.customer_id AND r.hour = c.hour"
+        )
+        cursor.execute(
+            "UPDATE meters_usagerollup r SET (last_value, last_timestamp, last_event_id) = ("
+            "SELECT e.value, e.timestamp, e.id FROM meters_meterevent e "
+            "WHERE e.meter_id = r.meter_id AND e.customer_id = r.customer_id "
+            "AND e.timestamp >= r.hour AND e.timestamp < r.hour + interval '1 hour' "
+            "AND e.cancelled_at IS NULL AND NOT e.superseded "
+            "ORDER BY e.timestamp DESC, e.id DESC LIMIT 1) "
+            "WHERE r.last_event_id IN (SELECT id FROM meter_cancelled WHERE NOT windowed)"
+        )
+        # Windowed meters: re-decide the affected windows.
+        cursor.execute("DROP TABLE IF EXISTS meter_rollup_ranges")
+        cursor.execute(
+            "CREATE TEMP TABLE meter_rollup_ranges ON COMMIT DROP AS SELECT meter_id, "
+            "customer_id, hour AS rstart, hour + span AS rend FROM meter_cancel_keys "
+            "WHERE windowed"
+        )
+        _pg_recompute(cursor, windows=True)
         cursor.execute("DROP TABLE meter_cancel_keys")
+        cursor.execute("DROP TABLE meter_cancelled")
     return cancelled
 
 
