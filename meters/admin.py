@@ -17,12 +17,15 @@ from django.http import HttpRequest
 
 from meters import services
 from meters.models import (
+    AlertDeliveryAttempt,
     AuditEntry,
     Customer,
     EventBatch,
     EventRejection,
     Meter,
     MeterEvent,
+    UsageAlert,
+    UsageAlertTrigger,
     UsageRollup,
 )
 
@@ -146,6 +149,44 @@ class EventRejectionAdmin(ReadOnlyAdmin):
     search_fields = ("identifier", "event_name", "customer_ref")
     raw_id_fields = ("batch", "meter")
     show_full_result_count = False
+
+
+# --- Usage alerts: defined and changed on the portal's alert pages (through the services);
+# the admin shows them, their triggers and delivery attempts read-only.
+class AlertDeliveryAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = AlertDeliveryAttempt
+    extra = 0
+    can_delete = False
+    readonly_fields = (
+        "attempt",
+        "at",
+        "url",
+        "status_code",
+        "succeeded",
+        "error",
+        "duration_ms",
+    )
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(UsageAlert)
+class UsageAlertAdmin(ReadOnlyAdmin):
+    list_display = ("alert_id", "title", "meter", "customer", "threshold", "status", "created")
+    list_filter = ("status",)
+    search_fields = ("alert_id", "title")
+    raw_id_fields = ("meter", "customer", "created_by")
+
+
+@admin.register(UsageAlertTrigger)
+class UsageAlertTriggerAdmin(ReadOnlyAdmin):
+    list_display = ("alert", "customer", "value", "triggered_at", "delivery_status")
+    list_filter = ("delivery_status",)
+    list_select_related = ("alert", "customer")
+    raw_id_fields = ("alert", "customer")
+    inlines = (AlertDeliveryAttemptInline,)
 
 
 # Keep this last: any meters model without an admin above gets a read-only one, so a new model

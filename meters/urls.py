@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from meters.views import customers, events, meters
+from meters.views import customers, events, meters, usage
 
 app_name = "meters"
 
@@ -29,4 +29,13 @@ urlpatterns = [
         name="event_customer_options",
     ),
     path("events/<int:pk>/cancel/", events.event_cancel, name="event_cancel"),
+    # Usage and alerts (meters/views/usage.py)
+    path("customers/<int:pk>/usage/", usage.customer_usage, name="customer_usage"),
+    path("customers/<int:pk>/usage/<str:meter_id>/", usage.usage_explain, name="usage_explain"),
+    path("meters/<str:meter_id>/overview/", usage.meter_overview, name="meter_overview"),
+    path("meters/<str:meter_id>/live/", usage.meter_live_feed, name="meter_live_feed"),
+    path("alerts/", usage.alert_list, name="alert_list"),
+    path("alerts/new/", usage.alert_create, name="alert_create"),
+    path("alerts/<int:pk>/", usage.alert_detail, name="alert_detail"),
+    path("alerts/<int:pk>/status/", usage.alert_status, name="alert_status"),
 ]

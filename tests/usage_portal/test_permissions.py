@@ -73,6 +73,15 @@ EXPECTED: dict[str, Expect] = {
     "meters:event_entry": Expect(F),
     "meters:event_customer_options": Expect(F),
     "meters:event_cancel": Expect(F, method="post", pk="event"),
+    # meters: usage and alerts
+    "meters:customer_usage": Expect(S, pk="customer"),
+    "meters:usage_explain": Expect(S, pk="customer"),
+    "meters:meter_overview": Expect(S),
+    "meters:meter_live_feed": Expect(S, ok=(302,)),  # without htmx: the overview page
+    "meters:alert_list": Expect(S),
+    "meters:alert_create": Expect(A),
+    "meters:alert_detail": Expect(S, pk="alert"),
+    "meters:alert_status": Expect(A, method="post", pk="alert", data={"status": "inactive"}),
     # uploads
     "uploads:upload_list": Expect(S),
     "uploads:upload_create": Expect(F),
@@ -154,11 +163,22 @@ def _event(world: World) -> Any:
     return MeterEvent.objects.get(identifier=report.results[0].identifier)
 
 
+def _alert(world: World) -> Any:
+    from decimal import Decimal
+
+    from meters.alerts import usage_alert_create
+
+    return usage_alert_create(
+        actor=None, title="Permission check", meter=MeterFactory(), threshold=Decimal(10)
+    )
+
+
 BUILDERS: dict[str, Callable[[World], Any]] = {
     "meter": lambda world: MeterFactory(),
     "inactive_meter": _inactive_meter,
     "customer": lambda world: CustomerFactory(),
     "event": lambda world: _event(world),
+    "alert": lambda world: _alert(world),
     "upload": lambda world: UploadFactory(),
     "price": billing_builders.build_price,
     "subscription": billing_builders.build_subscription,

@@ -1,0 +1,518 @@
+"""Usage pages: a customer's usage per meter, "explain this number", the meter overview and
+its live feed, and usage alerts.
+
+The customer and meter pages load their usage sections from here with htmx (see
+``meters/usage_customer_slot.html`` and ``meters/usage_meter_slot.html``); without JavaScript
+the same sections are full pages at the same URLs. Changing the range swaps only the section
+and pushes the customer (or meter) page's URL with the choice in its query string, so the
+address can be shared and reopens the same view.
+
+Every quantity links to what it is made of: a period total to its buckets (the explain page),
+a day to its hours, an hour to its events in the event explorer with the filters preset.
+
+The range and alert forms live here rather than in ``meters/forms.py`` because only these
+views use them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import push_url
+
+from meters import selectors
+from meters.alerts import usage_alert_create, usage_alert_status_set
+from meters.models import Customer, Meter, UsageAlert
+from meters.selectors import Grouping, UsageBucket
+from usage_portal.roles import Role, role_required
+from usage_portal.types import HtmxHttpRequest
+
+DAY = dt.timedelta(days=1)
+HOUR = dt.timedelta(hours=1)
+# Ranges up to this long are grouped by hour, longer ones by day (the issue's rule).
+HOURLY_UP_TO = dt.timedelta(days=7)
+MAX_CUSTOM_DAYS = 400
+LIVE_FEED_EVENTS = 15
+LIVE_FEED_POLL_SECONDS = 5
+TOP_CUSTOMERS = 10
+
+
+# --- Ranges ------------------------------------------------------------------------------------
+PRESETS = [
+    ("today", "Today"),
+    ("7d", "Last 7 days"),
+    ("30d", "Last 30 days"),
+    ("90d", "Last 90 days"),
+    ("this_month", "This month"),
+    ("last_month", "Last month"),
+]
+DEFAULT_PRESET = "this_month"
+
+
+@dataclass(frozen=True)
+class UsageRange:
+    preset: str  # a PRESETS key or "custom"
+    start: dt.datetime
+    end: dt.datetime  # exclusive
+    label: str
+
+    @property
+    def grouping(self) -> str:
+        return Grouping.HOUR if self.end - self.start <= HOURLY_UP_TO else Grouping.DAY
+
+    @property
+    def last_day(self) -> dt.date:
+        return (self.end - DAY).date()
+
+    def query(self) -> dict[str, str]:
+        if self.preset == "custom":
+            return {
+                "range": "custom",
+                "start": self.start.date().isoformat(),
+                "end": self.last_day.isoformat(),
+            }
+        return {"range": self.preset}
+
+
+def preset_range(preset: str, now: dt.datetime) -> UsageRange:
+    today = now.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    tomorrow = today + DAY
+    month_start, month_end = selectors.calendar_month(now)
+    spans = {
+        "today": (today, tomorrow),
+        "7d": (tomorrow - 7 * DAY, tomorrow),
+        "30d": (tomorrow - 30 * DAY, tomorrow),
+        "90d": (tomorrow - 90 * DAY, tomorrow),
+        "this_month": (month_start, month_end),
+        "last_month": (selectors.calendar_month(month_start - DAY)[0], month_start),
+    }
+    start, end = spans[preset]
+    return UsageRange(preset=preset, start=start, end=end, label=dict(PRESETS)[preset])
+
+
+class UsageRangeForm(forms.Form):
+    """The range (a preset or custom UTC dates, both inclusive) and, optionally, one meter."""
+
+    range = forms.ChoiceField(
+        choices=[*PRESETS, ("custom", "Custom")], required=False, label="Range"
+    )
+    start = forms.DateField(required=False, label="From (UTC)")
+    end = forms.DateField(required=False, label="To (UTC, inclusive)")
+    meter = forms.ModelChoiceField(
+        queryset=Meter.objects.order_by("display_name"),
+        to_field_name="meter_id",
+        required=False,
+        empty_label="All meters with usage",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        preset = data.get("range") or ""
+        start, end = data.get("start"), data.get("end")
+        if preset == "custom" or (not preset and (start or end)):
+            if not start or not end:
+                raise ValidationError("Give both dates of a custom range.", code="incomplete")
+            if end < start:
+                raise ValidationError("The range ends before it starts.", code="empty_range")
+            if (end - start).days + 1 > MAX_CUSTOM_DAYS:
+                raise ValidationError(
+                    f"A range can span at most {MAX_CUSTOM_DAYS} days.", code="too_long"
+                )
+            data["range"] = "custom"
+        return data
+
+    def usage_range(self, now: dt.datetime) -> UsageRange:
+        """The chosen range; the default when the form is invalid or empty."""
+        if not self.is_valid():
+            return preset_range(DEFAULT_PRESET, now)
+        preset = self.cleaned_data.get("range") or DEFAULT_PRESET
+        if preset != "custom":
+            return preset_range(preset, now)
+        first, last = self.cleaned_data["start"], self.cleaned_data["end"]
+        start = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+        end = dt.datetime.combine(last, dt.time(), tzinfo=dt.UTC) + DAY
+        label = f"{first:%Y-%m-%d} to {last:%Y-%m-%d}"
+        return UsageRange(preset="custom", start=start, end=end, label=label)
+
+    def chosen_meter(self) -> Meter | None:
+        return self.cleaned_data.get("meter") if self.is_valid() else None
+
+
+def _utc_param(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_param(text: str) -> dt.datetime | None:
+    from meters.forms import time_parse
+
+    try:
+        return time_parse(text)
+    except ValidationError:
+        return None
+
+
+# --- Links between the levels of "explain this number" ----------------------------------------
+def explain_url(
+    customer: Customer, meter: Meter, start: dt.datetime, end: dt.datetime, **extra: str
+) -> str:
+    base = reverse("meters:usage_explain", kwargs={"pk": customer.pk, "meter_id": meter.meter_id})
+    return f"{base}?{urlencode({'start': _utc_param(start), 'end': _utc_param(end), **extra})}"
+
+
+def events_url(customer: Customer, meter: Meter, start: dt.datetime, end: dt.datetime) -> str:
+    """The event explorer with the events of one bucket: counted ones only (cancelled and
+    superseded events are not part of any figure)."""
+    query = {
+        "meter": meter.meter_id,
+        "customer": customer.external_id,
+        "start": _utc_param(start),
+        "end": _utc_param(end),
+        "status": selectors.EventStatus.ACCEPTED.value,
+    }
+    return f"{reverse('meters:event_list')}?{urlencode(query)}"
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    start: dt.datetime
+    end: dt.datetime
+    value: Decimal
+    event_count: int
+    url: str  # the next level down
+    grouping: str
+
+
+def bucket_rows(
+    buckets: list[UsageBucket], grouping: str, customer: Customer | None, meter: Meter
+) -> list[BucketRow]:
+    rows = []
+    for bucket in buckets:
+        url = ""
+        if customer is not None and bucket.event_count:
+            if grouping == Grouping.DAY:
+                url = explain_url(customer, meter, bucket.start, bucket.end)
+            else:
+                url = events_url(customer, meter, bucket.start, bucket.end)
+        rows.append(
+            BucketRow(
+                start=bucket.start,
+                end=bucket.end,
+                value=bucket.value,
+                event_count=bucket.event_count,
+                url=url,
+                grouping=grouping,
+            )
+        )
+    return rows
+
+
+def _push(response: HttpResponse, request: HtmxHttpRequest, page_url: str, query: str) -> None:
+    """Put the choice in the address bar, unless this is the section's first load."""
+    if request.htmx and request.htmx.trigger not in ("customer-usage-body", "meter-overview-body"):
+        push_url(response, f"{page_url}?{query}" if query else page_url)
+
+
+# --- Customer usage --------------------------------------------------------------------------
+@require_GET
+@role_required(Role.SUPPORT)
+def customer_usage(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    customer = get_object_or_404(Customer, pk=pk)
+    form = UsageRangeForm(request.GET)
+    usage_range = form.usage_range(timezone.now())
+    meter = form.chosen_meter()
+    usages = selectors.customer_usage_by_meter(
+        customer=customer,
+        start=usage_range.start,
+        end=usage_range.end,
+        grouping=usage_range.grouping,
+        meter=meter,
+    )
+    query = usage_range.query()
+    if meter is not None:
+        query["meter"] = meter.meter_id
+    sections = [
+        {
+            "usage": usage,
+            "explain_url": explain_url(customer, usage.meter, usage.start, usage.end),
+            "rows": bucket_rows(usage.buckets, usage.grouping, customer, usage.meter),
+        }
+        for usage in usages
+    ]
+    meter_query = {"meter": meter.meter_id} if meter else {}
+    context = {
+        "nav": "customers",
+        "customer": customer,
+        "form": form,
+        "range": usage_range,
+        "presets": [
+            (key, label, urlencode({"range": key, **meter_query})) for key, label in PRESETS
+        ],
+        "meter": meter,
+        "sections": sections,
+        "query": urlencode(query),
+        "usage_url": reverse("meters:customer_usage", kwargs={"pk": customer.pk}),
+        "triggers": selectors.alert_triggers(customer=customer)[:10],
+    }
+    if request.htmx and not request.htmx.boosted:
+        response = render(request, "meters/usage_customer.html#usage", context)
+        _push(response, request, customer.get_absolute_url(), urlencode(query))
+        return response
+    return render(request, "meters/usage_customer.html", context)
+
+
+@require_GET
+@role_required(Role.SUPPORT)
+def usage_explain(request: HtmxHttpRequest, pk: int, meter_id: str) -> HttpResponse:
+    """One level of "explain this number": a quantity over a range and the buckets it is
+    made of, each linking one level further down."""
+    customer = get_object_or_404(Customer, pk=pk)
+    meter = get_object_or_404(Meter, meter_id=meter_id)
+    now = timezone.now()
+    start = _parse_param(request.GET.get("start", ""))
+    end = _parse_param(request.GET.get("end", ""))
+    error = ""
+    if start is None or end is None:
+        default = preset_range(DEFAULT_PRESET, now)
+        start, end = default.start, default.end
+    grouping = Grouping.HOUR if end - start <= HOURLY_UP_TO else Grouping.DAY
+    try:
+        (usage,) = selectors.customer_usage_by_meter(
+            customer=customer, start=start, end=end, grouping=grouping, meter=meter
+        )
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+        default = preset_range(DEFAULT_PRESET, now)
+        start, end, grouping = default.start, default.end, default.grouping
+        (usage,) = selectors.customer_usage_by_meter(
+            customer=customer, start=start, end=end, grouping=grouping, meter=meter
+        )
+    rows = bucket_rows(usage.buckets, grouping, customer, meter)
+    buckets_total = _combine(meter, usage.buckets)
+    # The chain upwards: the month (or range) the day belongs to, for the breadcrumb.
+    parent = None
+    if end - start == DAY:
+        month_start, month_end = selectors.calendar_month(start)
+        parent = {
+            "label": f"{month_start:%B %Y}",
+            "url": explain_url(customer, meter, month_start, month_end),
+        }
+    context = {
+        "nav": "customers",
+        "customer": customer,
+        "meter": meter,
+        "usage": usage,
+        "rows": rows,
+        "grouping": grouping,
+        "error": error,
+        "parent": parent,
+        "buckets_total": buckets_total,
+        "adds_up": buckets_total == usage.total
+        and sum(b.event_count for b in usage.buckets) == usage.event_count,
+        "events_url": events_url(customer, meter, usage.start, usage.end),
+        "back_url": f"{customer.get_absolute_url()}?{urlencode({'meter': meter.meter_id})}",
+    }
+    return render(request, "meters/usage_explain.html", context)
+
+
+def _combine(meter: Meter, buckets: list[UsageBucket]) -> Decimal:
+    """The period's figure from its buckets alone: the sum of the bucket values for sum and
+    count meters, the latest non-empty bucket's value for "last" meters."""
+    if meter.aggregation_formula == Meter.Formula.LAST:
+        filled = [b for b in buckets if b.event_count]
+        return filled[-1].value if filled else Decimal(0)
+    return sum((b.value for b in buckets), Decimal(0))
+
+
+# --- Meter overview ----------------------------------------------------------------------------
+@require_GET
+@role_required(Role.SUPPORT)
+def meter_overview(request: HtmxHttpRequest, meter_id: str) -> HttpResponse:
+    meter = get_object_or_404(Meter, meter_id=meter_id)
+    form = UsageRangeForm(request.GET)
+    now = timezone.now()
+    usage_range = form.usage_range(now)
+    buckets = selectors.meter_usage_over_time(
+        meter=meter, start=usage_range.start, end=usage_range.end, grouping=usage_range.grouping
+    )
+    query = urlencode(usage_range.query())
+    context = {
+        "nav": "meters",
+        "meter": meter,
+        "form": form,
+        "range": usage_range,
+        "presets": [(key, label, urlencode({"range": key})) for key, label in PRESETS],
+        "rows": bucket_rows(buckets, usage_range.grouping, None, meter),
+        "total": _combine_across(buckets),
+        "event_count": sum(b.event_count for b in buckets),
+        "top": selectors.meter_top_customers(
+            meter=meter, start=usage_range.start, end=usage_range.end, limit=TOP_CUSTOMERS
+        ),
+        "rejections": selectors.meter_rejections_by_code(meter=meter, since=now - DAY),
+        "query": query,
+        "overview_url": reverse("meters:meter_overview", kwargs={"meter_id": meter.meter_id}),
+        **_live_context(meter, now),
+    }
+    if request.htmx and not request.htmx.boosted:
+        response = render(request, "meters/usage_meter.html#overview", context)
+        _push(response, request, meter.get_absolute_url(), query)
+        return response
+    return render(request, "meters/usage_meter.html", context)
+
+
+def _combine_across(buckets: list[UsageBucket]) -> Decimal:
+    return sum((b.value for b in buckets), Decimal(0))
+
+
+def _live_context(meter: Meter, now: dt.datetime) -> dict[str, Any]:
+    hour = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    hourly = selectors.meter_hourly_event_counts(
+        meter=meter, start=hour - 23 * HOUR, end=hour + HOUR
+    )
+    return {
+        "live_hours": bucket_rows(hourly, Grouping.HOUR, None, meter),
+        "live_events": [
+            {"event": event, "source": selectors.event_source(event.batch)}
+            for event in selectors.events_recent(meter=meter, limit=LIVE_FEED_EVENTS)
+        ],
+        "live_events_today": sum(b.event_count for b in hourly if b.start >= hour.replace(hour=0)),
+        "live_url": reverse("meters:meter_live_feed", kwargs={"meter_id": meter.meter_id}),
+        "poll_seconds": LIVE_FEED_POLL_SECONDS,
+        "refreshed_at": now,
+    }
+
+
+@require_GET
+@role_required(Role.SUPPORT)
+def meter_live_feed(request: HtmxHttpRequest, meter_id: str) -> HttpResponse:
+    """The live feed, polled by the overview while the page is open."""
+    meter = get_object_or_404(Meter, meter_id=meter_id)
+    if not request.htmx:
+        return redirect(reverse("meters:meter_overview", kwargs={"meter_id": meter_id}))
+    context = {"meter": meter, **_live_context(meter, timezone.now())}
+    return render(request, "meters/usage_meter.html#live", context)
+
+
+# --- Alerts ------------------------------------------------------------------------------------
+class AlertForm(forms.Form):
+    title = forms.CharField(max_length=256)
+    meter = forms.ModelChoiceField(
+        queryset=Meter.objects.filter(status=Meter.Status.ACTIVE).order_by("display_name"),
+        to_field_name="meter_id",
+        empty_label="Choose a meter",
+    )
+    customer = forms.CharField(
+        label="Customer ID",
+        required=False,
+        max_length=255,
+        help_text="Leave empty to watch every customer.",
+    )
+    threshold = forms.DecimalField(
+        label="Threshold",
+        min_value=Decimal("0.000000000001"),
+        max_digits=30,
+        decimal_places=12,
+        help_text="Fires when the customer's usage this calendar month (UTC) reaches this.",
+    )
+    webhook_url = forms.URLField(
+        label="Webhook URL",
+        required=False,
+        max_length=2000,
+        assume_scheme="https",
+        help_text="Optional: receives a JSON POST when the alert fires.",
+    )
+
+    def clean_customer(self) -> Customer | None:
+        external_id = self.cleaned_data.get("customer", "").strip()
+        if not external_id:
+            return None
+        customer = Customer.objects.filter(external_id=external_id).first()
+        if customer is None:
+            raise ValidationError(f"No customer has the ID {external_id}.", code="unknown")
+        return customer
+
+
+@require_GET
+@role_required(Role.SUPPORT)
+def alert_list(request: HtmxHttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "")
+    page = selectors.page_of(
+        selectors.alert_list(status=status), number=request.GET.get("page"), per_page=50
+    )
+    context = {
+        "nav": "alerts",
+        "page": page,
+        "status": status if status in UsageAlert.Status.values else "",
+        "statuses": UsageAlert.Status.choices,
+        "triggers": selectors.alert_triggers()[:50],
+    }
+    return render(request, "meters/alert_list.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def alert_create(request: HtmxHttpRequest) -> HttpResponse:
+    initial = {"meter": request.GET.get("meter", ""), "customer": request.GET.get("customer", "")}
+    form = AlertForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            alert = usage_alert_create(actor=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            if hasattr(error, "error_dict"):
+                for field, errors in error.error_dict.items():
+                    form.add_error(field if field in form.fields else None, errors)
+            else:
+                form.add_error(None, error)
+        else:
+            messages.success(request, f"Alert “{alert.title}” created.")
+            return redirect(alert)
+    return render(request, "meters/alert_form.html", {"nav": "alerts", "form": form})
+
+
+@require_GET
+@role_required(Role.SUPPORT)
+def alert_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    alert = get_object_or_404(UsageAlert.objects.select_related("meter", "customer"), pk=pk)
+    triggers = list(selectors.alert_triggers(alert=alert)[:200].prefetch_related("attempts"))
+    context = {
+        "nav": "alerts",
+        "alert": alert,
+        "triggers": triggers,
+        "history": selectors.audit_entries_for(target=alert),
+        "transitions": [
+            (status, label)
+            for status, label in (
+                ("active", "Activate"),
+                ("inactive", "Deactivate"),
+                ("archived", "Archive"),
+            )
+            if status != alert.status and alert.status != UsageAlert.Status.ARCHIVED
+        ],
+    }
+    return render(request, "meters/alert_detail.html", context)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def alert_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    alert = get_object_or_404(UsageAlert, pk=pk)
+    try:
+        alert = usage_alert_status_set(
+            alert=alert, actor=request.user, status=request.POST.get("status", "")
+        )
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"Alert “{alert.title}” is now {alert.get_status_display()}.")
+    return redirect(alert)
