@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import IO
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -66,9 +66,7 @@ def max_line_bytes() -> int:
 
 # --- Creating and enqueueing ------------------------------------------------------------------
 @transaction.atomic
-def upload_create(
-    *, file: UploadedFile, user: AbstractBaseUser, validate_only: bool = False
-) -> Upload:
+def upload_create(*, file: UploadedFile, user: User, validate_only: bool = False) -> Upload:
     """Store the file (streamed by Django's storage API) and queue its processing.
 
     A file over the size limit is not stored: the upload is recorded as failed at once.
@@ -153,7 +151,7 @@ def uploads_requeue_stale(*, now: datetime | None = None) -> list[int]:
 
 # --- User actions -----------------------------------------------------------------------------
 @transaction.atomic
-def upload_cancel(*, upload: Upload, user: AbstractBaseUser) -> Upload:
+def upload_cancel(*, upload: Upload, user: User) -> Upload:
     upload = Upload.objects.select_for_update().get(pk=upload.pk)
     if not upload.can_cancel:
         raise ValidationError(
@@ -181,7 +179,7 @@ def upload_cancel(*, upload: Upload, user: AbstractBaseUser) -> Upload:
 
 
 @transaction.atomic
-def upload_revert(*, upload: Upload, user: AbstractBaseUser) -> Upload:
+def upload_revert(*, upload: Upload, user: User) -> Upload:
     """Cancel every event the upload brought in; the core keeps the rollups exact."""
     upload = Upload.objects.select_for_update().get(pk=upload.pk)
     if not upload.can_revert:
@@ -205,7 +203,7 @@ def upload_revert(*, upload: Upload, user: AbstractBaseUser) -> Upload:
 
 
 @transaction.atomic
-def upload_import_validated(*, upload: Upload, user: AbstractBaseUser) -> Upload:
+def upload_import_validated(*, upload: Upload, user: User) -> Upload:
     """Start the real import of a validate-only run's stored file (no second upload)."""
     if not upload.can_import:
         raise ValidationError(
@@ -292,7 +290,7 @@ def _meter_keys() -> dict[str, parsing.MeterKeys]:
 
 
 def _open_lines(upload: Upload) -> tuple[IO[bytes], Iterator[str]]:
-    binary = upload.file.storage.open(upload.file.name, "rb")
+    binary = upload.file.storage.open(upload.file.name or "", "rb")
     try:
         content = parsing.open_decompressed(binary)
     except Exception:
@@ -318,7 +316,7 @@ def upload_process(*, upload_id: int) -> None:
 
 def _process(upload: Upload, token: str) -> None:
     meters = _meter_keys()
-    if not upload.file or not upload.file.storage.exists(upload.file.name):
+    if not upload.file or not upload.file.storage.exists(upload.file.name or ""):
         with transaction.atomic():
             upload = _locked_owned(upload.pk, token)
             _finish(
