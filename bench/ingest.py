@@ -5,10 +5,11 @@
 
 1. Ingests ``--events`` synthetic events through ``meter_events_ingest`` in batches of
    ``--batch`` (50,000) and prints events per second.
-2. Tops the events table up to ``--total`` events -- through the core (``--extra core``) or
+2. Re-ingests one batch of already stored events (all duplicates) and prints events/s.
+3. Tops the events table up to ``--total`` events -- through the core (``--extra core``) or
    with one set-based SQL insert plus a rollup rebuild (``--extra sql``) -- and prints the
    time of a 30-day daily summary of the busiest customer, read from the rollups and from
-   the raw events.
+   the raw events, and the time of the event explorer's first and a deep keyset page.
 
 The database must be a dedicated one whose name contains "bench": the script TRUNCATES the
 meters tables. It creates the database and migrates it if needed.
@@ -194,6 +195,45 @@ def _run(args: argparse.Namespace) -> None:
             f"SUMMARY 30 days by day from {label}: median {statistics.median(timings):.1f} ms, "
             f"min {min(timings):.1f} ms (total {total})"
         )
+
+    # The event explorer: keyset pages cost the same at any depth.
+    from meters.selectors import EventFilters, event_explorer
+
+    deep = MeterEvent.objects.order_by("id").values_list("id", flat=True)[stored // 10]
+    quiet = customers[-1]
+    for label, filters in (
+        ("all events", EventFilters()),
+        ("busiest customer", EventFilters(customer=busiest)),
+        ("one meter, one small customer", EventFilters(meter=meter, customer=quiet)),
+    ):
+        for depth, before in (("first page", None), ("deep page", deep)):
+            timings = []
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                event_explorer(filters=filters, before=before, per_page=50)
+                timings.append((time.perf_counter() - started) * 1000)
+            print(
+                f"EXPLORER {label}, {depth}: median {statistics.median(timings):.1f} ms "
+                f"(50 rows, newest first)"
+            )
+
+    # Reverting an upload cancels its whole batch; rollups are corrected in the same step.
+    from meters.ingestion import event_batch_cancel
+    from meters.models import EventBatch as Batch
+
+    first_batch = Batch.objects.order_by("id").first()
+    assert first_batch is not None
+    started = time.perf_counter()
+    cancelled = event_batch_cancel(batch=first_batch, user=_bench_user())
+    elapsed = time.perf_counter() - started
+    print(f"CANCEL one batch of {cancelled:,} events: {elapsed:.1f} s")
+
+
+def _bench_user():  # type: ignore[no-untyped-def]
+    from django.contrib.auth.models import User
+
+    user, _ = User.objects.get_or_create(username="bench")
+    return user
 
 
 def _replay(size: int) -> list[object]:

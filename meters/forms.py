@@ -263,8 +263,18 @@ class EventFilterForm(forms.Form):
     source = forms.ChoiceField(
         choices=[("", "All sources"), *EventBatch.Source.choices], required=False
     )
-    start = forms.CharField(label="From", required=False, help_text="UTC")
-    end = forms.CharField(label="Before", required=False, help_text="UTC")
+    start = forms.CharField(
+        label="From",
+        required=False,
+        help_text="UTC",
+        widget=forms.TextInput(attrs={"placeholder": "YYYY-MM-DD HH:MM"}),
+    )
+    end = forms.CharField(
+        label="Before",
+        required=False,
+        help_text="UTC",
+        widget=forms.TextInput(attrs={"placeholder": "YYYY-MM-DD HH:MM"}),
+    )
     identifier = forms.CharField(required=False, max_length=255)
     status = forms.ChoiceField(choices=EVENT_STATUS_CHOICES, required=False)
     before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput())
