@@ -2,8 +2,9 @@
 
 Why SVG from the server rather than a vendored chart library: the chart arrives in the same
 htmx swap as the table beside it, works without JavaScript, costs no dependency, and every bar
-can be a plain link to the level below ("explain this number"). Geometry is computed here;
-the numbers shown stay exact Decimals.
+is a plain link to the level below ("explain this number"). The markup is built here in one
+pass (a page can hold 5 x 168 bars, which a template loop renders several times slower); the
+numbers shown stay exact Decimals, only the bar geometry uses floats.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 from django import template
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 register = template.Library()
 
@@ -28,51 +31,43 @@ def usage_number(value: Decimal | int | None) -> str:
     return format(value, ",")
 
 
-@register.inclusion_tag("meters/usage_chart.html")
-def usage_chart(rows: list[Any], label: str = "Usage", grouping: str = "day") -> dict[str, Any]:
-    """Bars for ``rows`` (objects with start, end, value, event_count and url)."""
-    hour_labels = grouping == "hour"
+@register.simple_tag
+def usage_chart(rows: list[Any], label: str = "Usage", grouping: str = "day") -> SafeString:
+    """An SVG bar per row (objects with start, value, event_count, url, label, display)."""
     values = [Decimal(row.value) for row in rows]
     high = max([Decimal(0), *values])
     low = min([Decimal(0), *values])
-    span = (high - low) or Decimal(1)
-    plot = Decimal(HEIGHT - TOP)
-    zero_y = TOP + float(high / span * plot)
+    span = float((high - low) or 1)
+    plot = HEIGHT - TOP
+    zero_y = TOP + float(high) / span * plot
     width = WIDTH / max(len(rows), 1)
     gap = 1.0 if width > 4 else 0.0
-    bars = []
-    for row, value in zip(rows, values, strict=True):
-        size = float(abs(value) / span * plot)
+    bar_width = max(width - gap, 0.5)
+    parts = [
+        f'<figure class="usage-chart"><svg viewBox="0 0 {WIDTH} {HEIGHT + 22}" role="img" '
+        f'aria-label="{escape(label)}">'
+        f'<line x1="0" x2="{WIDTH}" y1="{zero_y:.2f}" y2="{zero_y:.2f}" class="axis"/>'
+    ]
+    for position, (row, value) in enumerate(zip(rows, values, strict=True)):
+        size = abs(float(value)) / span * plot
+        if value and size < 1:
+            size = 1.0  # a tiny non-zero value stays visible
         top = zero_y - size if value >= 0 else zero_y
-        when = f"{row.start:%Y-%m-%d %H:%M}" if hour_labels else f"{row.start:%Y-%m-%d}"
-        bars.append(
-            {
-                "x": 0.0,
-                "y": round(top, 2),
-                "height": round(max(size, 0.0 if value == 0 else 1.0), 2),
-                "title": f"{when} UTC: {usage_number(value)} ({row.event_count} events)",
-                "url": row.url,
-            }
+        title = f"{row.label} UTC: {row.display} ({row.event_count} events)"
+        rect = (
+            f'<rect x="{position * width + gap / 2:.2f}" y="{top:.2f}" width="{bar_width:.2f}" '
+            f'height="{size:.2f}"><title>{escape(title)}</title></rect>'
         )
-    for position, bar in enumerate(bars):
-        bar["x"] = round(position * width + gap / 2, 2)
-    ticks = []
+        parts.append(f'<a href="{escape(row.url)}">{rect}</a>' if row.url else rect)
     if rows:
         for position in sorted({0, len(rows) // 2, len(rows) - 1}):
-            start = rows[position].start
-            ticks.append(
-                {
-                    "x": round(position * width + width / 2, 2),
-                    "text": f"{start:%m-%d %H:00}" if hour_labels else f"{start:%Y-%m-%d}",
-                }
+            text = rows[position].label
+            if grouping == "hour":
+                text = text[5:]  # "MM-DD HH:MM"
+            parts.append(
+                f'<text x="{position * width + width / 2:.2f}" y="{HEIGHT + 16}" '
+                f'text-anchor="middle">{escape(text)}</text>'
             )
-    return {
-        "bars": bars,
-        "bar_width": round(max(width - gap, 0.5), 2),
-        "width": WIDTH,
-        "height": HEIGHT,
-        "zero_y": round(zero_y, 2),
-        "high": usage_number(high),
-        "ticks": ticks,
-        "label": label,
-    }
+    parts.append(f'<text x="2" y="10" class="max">max {escape(usage_number(high))}</text>')
+    parts.append("</svg></figure>")
+    return mark_safe("".join(parts))  # noqa: S308 - every interpolated text is escaped

@@ -184,7 +184,7 @@ def events_url(customer: Customer, meter: Meter, start: dt.datetime, end: dt.dat
     return f"{reverse('meters:event_list')}?{urlencode(query)}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BucketRow:
     start: dt.datetime
     end: dt.datetime
@@ -192,19 +192,38 @@ class BucketRow:
     event_count: int
     url: str  # the next level down
     grouping: str
+    label: str  # the bucket's start as the tables show it (UTC)
+    display: str  # the value as shown: every digit, thousands separated
 
 
 def bucket_rows(
     buckets: list[UsageBucket], grouping: str, customer: Customer | None, meter: Meter
 ) -> list[BucketRow]:
+    """Table and chart rows, with the link one level down for buckets that have events.
+    A page shows hundreds of these: the links are built from one ``reverse`` each."""
+    hourly = grouping == Grouping.HOUR
+    label_format = "%Y-%m-%d %H:%M" if hourly else "%Y-%m-%d"
+    prefix = ""
+    if customer is not None:
+        if hourly:
+            base = urlencode(
+                {
+                    "meter": meter.meter_id,
+                    "customer": customer.external_id,
+                    "status": selectors.EventStatus.ACCEPTED.value,
+                }
+            )
+            prefix = f"{reverse('meters:event_list')}?{base}&"
+        else:
+            explain = reverse(
+                "meters:usage_explain", kwargs={"pk": customer.pk, "meter_id": meter.meter_id}
+            )
+            prefix = f"{explain}?"
     rows = []
     for bucket in buckets:
         url = ""
-        if customer is not None and bucket.event_count:
-            if grouping == Grouping.DAY:
-                url = explain_url(customer, meter, bucket.start, bucket.end)
-            else:
-                url = events_url(customer, meter, bucket.start, bucket.end)
+        if prefix and bucket.event_count:
+            url = f"{prefix}start={_utc_param(bucket.start)}&end={_utc_param(bucket.end)}"
         rows.append(
             BucketRow(
                 start=bucket.start,
@@ -213,6 +232,8 @@ def bucket_rows(
                 event_count=bucket.event_count,
                 url=url,
                 grouping=grouping,
+                label=bucket.start.strftime(label_format),
+                display=format(bucket.value, ","),
             )
         )
     return rows
