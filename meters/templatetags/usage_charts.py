@@ -60,13 +60,15 @@ def usage_chart(rows: list[Any], label: str = "Usage", grouping: str = "day") ->
         )
         parts.append(f'<a href="{escape(row.url)}">{rect}</a>' if row.url else rect)
     if rows:
-        for position in sorted({0, len(rows) // 2, len(rows) - 1}):
+        last = len(rows) - 1
+        ticks = [(0, 0.0, "start"), (len(rows) // 2, None, "middle"), (last, WIDTH, "end")]
+        for position, x, anchor in ticks if last else ticks[:1]:
             text = rows[position].label
             if grouping == "hour":
                 text = text[5:]  # "MM-DD HH:MM"
+            x = position * width + width / 2 if x is None else x
             parts.append(
-                f'<text x="{position * width + width / 2:.2f}" y="{HEIGHT + 16}" '
-                f'text-anchor="middle">{escape(text)}</text>'
+                f'<text x="{x:.2f}" y="{HEIGHT + 16}" text-anchor="{anchor}">{escape(text)}</text>'
             )
     parts.append(f'<text x="2" y="10" class="max">max {escape(usage_number(high))}</text>')
     parts.append("</svg></figure>")
