@@ -43,7 +43,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count
@@ -94,7 +94,7 @@ def alert_count_for(*, meter: Meter, customer: Customer | None) -> int:
 @transaction.atomic
 def usage_alert_create(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     title: str,
     meter: Meter,
     threshold: Decimal,
@@ -157,9 +157,7 @@ _ACTIONS = {
 
 
 @transaction.atomic
-def usage_alert_status_set(
-    *, alert: UsageAlert, actor: AbstractBaseUser | None, status: str
-) -> UsageAlert:
+def usage_alert_status_set(*, alert: UsageAlert, actor: User | None, status: str) -> UsageAlert:
     """Activate, deactivate or archive an alert (Stripe's activate/deactivate/archive).
     Archiving is final and frees the alert's place in the limit of 25."""
     alert = UsageAlert.objects.select_for_update().get(pk=alert.pk)

@@ -714,7 +714,8 @@ def customer_usage_by_meter(
         buckets = []
         for window in _bucket_starts(start, end, grouping):
             acc = windows.get((each.pk, window)) or _Accumulator()
-            overall.add(acc.total, acc.events, *(acc.last_key or (None, None)), acc.last_value)
+            last_timestamp, last_id = acc.last_key or (None, None)
+            overall.add(acc.total, acc.events, last_timestamp, last_id, acc.last_value)
             buckets.append(
                 UsageBucket(
                     start=window,

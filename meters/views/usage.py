@@ -118,7 +118,7 @@ class UsageRangeForm(forms.Form):
     )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         preset = data.get("range") or ""
         start, end = data.get("start"), data.get("end")
         if preset == "custom" or (not preset and (start or end)):
@@ -307,7 +307,7 @@ def usage_explain(request: HtmxHttpRequest, pk: int, meter_id: str) -> HttpRespo
     if start is None or end is None:
         default = preset_range(DEFAULT_PRESET, now)
         start, end = default.start, default.end
-    grouping = Grouping.HOUR if end - start <= HOURLY_UP_TO else Grouping.DAY
+    grouping: str = Grouping.HOUR if end - start <= HOURLY_UP_TO else Grouping.DAY
     try:
         (usage,) = selectors.customer_usage_by_meter(
             customer=customer, start=start, end=end, grouping=grouping, meter=meter
