@@ -337,7 +337,7 @@ class UsageAlert(models.Model):
         return f"{self.title} ({self.alert_id})"
 
     def get_absolute_url(self) -> str:
-        return reverse("meters:alert_detail", kwargs={"alert_id": self.alert_id})
+        return reverse("meters:alert_detail", kwargs={"pk": self.pk})
 
 
 class UsageAlertTrigger(models.Model):
