@@ -410,8 +410,13 @@ class OccurrenceCounter:
         if len(fresh):
             self._runs.append(fresh)
             while len(self._runs) > 1 and len(self._runs[-2]) <= 2 * len(self._runs[-1]):
+                # Runs never share keys, so a concatenation sorted in place is their union;
+                # np.union1d would need several temporary copies (5M rows: 420 MB peak).
                 last = self._runs.pop()
-                self._runs[-1] = np.union1d(self._runs[-1], last)
+                merged = np.concatenate((self._runs[-1], last))
+                del last
+                self._runs[-1] = merged
+                merged.sort()
         return result
 
 
