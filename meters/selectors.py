@@ -422,6 +422,7 @@ class EventStatus(StrEnum):
     SUPERSEDED = "superseded"  # replaced by a newer event in its pre-aggregation window
     CANCELLED = "cancelled"
     CONFLICT = "conflict"  # a rejected duplicate_meter_event_conflict (an EventRejection)
+    LATE = "late"  # received after the invoice covering its timestamp was finalized
 
 
 EVENT_STATUS_CHOICES = [
@@ -430,6 +431,7 @@ EVENT_STATUS_CHOICES = [
     (EventStatus.SUPERSEDED, "Superseded"),
     (EventStatus.CANCELLED, "Cancelled"),
     (EventStatus.CONFLICT, "Conflicts"),
+    (EventStatus.LATE, "Late, not billed"),
 ]
 
 
@@ -528,6 +530,12 @@ def event_explorer(
         events = events.filter(cancelled_at__isnull=True, superseded=True)
     elif filters.status == EventStatus.CANCELLED:
         events = events.filter(cancelled_at__isnull=False)
+    elif filters.status == EventStatus.LATE:
+        # Billing owns the rule (the finalized invoices); imported here, as billing builds
+        # on meters and not the other way round.
+        from billing.selectors import meter_events_late
+
+        events = meter_events_late(events)
     return _keyset(events, before=before, per_page=per_page)
 
 

@@ -332,3 +332,56 @@ def test_inactive_meter_page_says_it_accepts_no_events(finance_client, customer)
         reverse("meters:event_entry"), {"for_meter": meter.meter_id}, **HTMX
     ).content.decode()
     assert "accepts no events" in html and "<form" not in html
+
+
+def test_explorer_lists_late_unbilled_events(support_client, meter, customer):
+    from billing import services as billing_services
+    from billing.models import Invoice, InvoiceLine
+
+    subscription = billing_services.subscription_create(
+        actor=None,
+        customer=customer,
+        items=[billing_services.ItemInput(price=build_price_for(meter))],
+        interval="month",
+    )
+    now = timezone.now()
+    invoice = Invoice.objects.create(
+        customer=customer,
+        subscription=subscription,
+        currency="usd",
+        period_start=now - timedelta(days=2),
+        period_end=now - timedelta(days=1),
+        finalize_after=now - timedelta(days=1),
+        status=Invoice.Status.FINALIZED,
+        finalized_at=now - timedelta(hours=12),
+        subtotal=0,
+        credits_applied=0,
+        total=0,
+    )
+    InvoiceLine.objects.create(
+        invoice=invoice,
+        position=1,
+        price=subscription.items.get().price,
+        meter=meter,
+        description="API calls",
+        quantity=0,
+        amount=0,
+    )
+    send(meter, customer, [1], identifiers=["late-one"], minutes_ago=60 * 36)  # in the period
+    send(meter, customer, [1], identifiers=["on-time"], minutes_ago=5)
+    html = support_client.get(reverse("meters:event_list"), {"status": "late"}).content.decode()
+    assert ">late-one<" in html and ">on-time<" not in html
+
+
+def build_price_for(meter):
+    from billing import services as billing_services
+    from billing.models import Price
+
+    return billing_services.price_create(
+        actor=None,
+        currency="usd",
+        usage_type=Price.UsageType.METERED,
+        pricing_model=Price.Model.PER_UNIT,
+        meter=meter,
+        unit_amount_decimal=Decimal(5),
+    )
