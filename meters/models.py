@@ -247,6 +247,11 @@ class UsageRollup(models.Model):
                 fields=["meter", "customer", "hour"], name="rollup_unique_meter_customer_hour"
             ),
         ]
+        # Meter-wide reads (the meter overview, its live feed): an hour range of one meter
+        # across customers. One index entry per rollup row, not per event; meter and hour never
+        # change, so rollup updates stay HOT-eligible. The customer pages need no
+        # (customer, hour) index: the unique index serves meter = ANY(...) AND customer = ...
+        indexes = [models.Index(fields=["meter", "hour"], name="rollup_meter_hour")]
 
     def __str__(self) -> str:
         return f"{self.meter_id}/{self.customer_id}@{self.hour:%Y-%m-%d %H}:00"
