@@ -311,8 +311,10 @@ def subscription_estimate(*, subscription: Subscription, now: datetime) -> Invoi
     credited = [0] * len(lines)
     for application in applications:
         credited[application.line_index] += application.amount
-    elapsed = (now - period.start) / period.length
-    fraction = Decimal(str(round(elapsed, 6))) if elapsed > 0 else ZERO
+    # Exact, in microseconds: a rounded fraction is 0 in the first second of a long period.
+    microsecond = timedelta(microseconds=1)
+    elapsed = Decimal((now - period.start) // microsecond)
+    fraction = elapsed / Decimal(period.length // microsecond) if elapsed > 0 else ZERO
     estimate_lines = []
     projected_subtotal: int | None = 0
     for index, line in enumerate(lines):
