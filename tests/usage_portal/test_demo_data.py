@@ -7,16 +7,28 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from django.core.management import call_command
 
-from meters.models import AuditEntry, Customer, Meter
+from meters.models import AuditEntry, Customer, Meter, MeterEvent, UsageRollup
 from usage_portal.roles import Role, user_role
 
 pytestmark = pytest.mark.django_db
 
 
-def _run() -> str:
+def _run(*args: str) -> str:
+    out = StringIO()
+    call_command("demo_data", "--without-usage", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_demo_usage_is_recorded_once_through_the_core() -> None:
     out = StringIO()
     call_command("demo_data", stdout=out)
-    return out.getvalue()
+    events = MeterEvent.objects.count()
+    assert events > 0
+    assert f"{events} events recorded" in out.getvalue()
+    call_command("demo_data", stdout=out)
+    assert MeterEvent.objects.count() == events
+    assert f"0 events recorded, {events} already there" in out.getvalue()
+    assert UsageRollup.objects.exists()
 
 
 def test_demo_data_is_idempotent_and_prints_credentials() -> None:

@@ -1,20 +1,28 @@
-"""``manage.py demo_data``: one user per role, a superuser, a few meters and customers.
+"""``manage.py demo_data``: one user per role, a superuser, a few meters and customers, and
+the last 30 days of their usage, recorded through the ingestion core.
 
 Idempotent: run it as often as you like. Users are matched by username (their demo password
 and role are set again on every run), meters by event name and customers by ID; nothing is
-duplicated and existing meters and customers are left as they are.
+duplicated and existing meters and customers are left as they are. Demo events have
+identifiers derived from their meter, customer and hour, so a second run finds them all
+duplicates and counts nothing twice.
 """
 
 from __future__ import annotations
 
+import random
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from meters import services
-from meters.models import Customer, Meter
+from meters.ingestion import EventInput, event_batch_create, meter_events_ingest
+from meters.models import Customer, EventBatch, Meter
 
 DEMO_USERS = [
     # username, password, role group (None: superuser), full name
@@ -55,10 +63,17 @@ def _slug(name: str) -> str:
 class Command(BaseCommand):
     help = "Create demo users (one per role and a superuser), meters and customers. Idempotent."
 
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--without-usage", action="store_true", help="Skip the 30 days of demo usage."
+        )
+
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
-        for username, password, role, full_name in DEMO_USERS:
-            self._user(username, password, role, full_name)
+        users = {
+            username: self._user(username, password, role, full_name)
+            for username, password, role, full_name in DEMO_USERS
+        }
 
         meters_created = 0
         for spec in DEMO_METERS:
@@ -81,6 +96,11 @@ class Command(BaseCommand):
             )
             customers_created += 1
 
+        if not options["without_usage"]:
+            usage = self._usage(users["finance"])
+            self.stdout.write(
+                f"Demo usage: {usage.accepted} events recorded, {usage.duplicates} already there."
+            )
         self.stdout.write(
             f"Demo data ready: {meters_created} meters and {customers_created} customers "
             f"created ({Meter.objects.count()} meters, {Customer.objects.count()} customers "
@@ -89,6 +109,37 @@ class Command(BaseCommand):
         self.stdout.write("Log in at http://127.0.0.1:8000/login/ with:")
         for username, password, role, _ in DEMO_USERS:
             self.stdout.write(f"  {username:<8} {password:<18} {role or 'superuser (/admin/)'}")
+
+    def _usage(self, user: User) -> Any:
+        """An event every eight hours over the last 30 days, for every demo meter and the
+        first eight demo customers, with skewed volumes so the pages have something to show."""
+        meters = list(Meter.objects.filter(event_name__in=[m["event_name"] for m in DEMO_METERS]))
+        customers = list(
+            Customer.objects.filter(external_id__startswith="cus_demo_").order_by("external_id")
+        )[:8]
+        now = timezone.now().replace(minute=0, second=0, microsecond=0)
+        events = []
+        for meter in meters:
+            for rank, customer in enumerate(customers, start=1):
+                rng = random.Random(f"{meter.event_name}/{customer.external_id}")
+                for step in range(30 * 3):
+                    hour = now - timedelta(hours=8 * step + 1)
+                    value = Decimal(rng.randint(1, 400 // rank + 5))
+                    payload = {meter.customer_mapping_key: customer.external_id}
+                    if meter.aggregation_formula != Meter.Formula.COUNT:
+                        payload[meter.value_settings_key] = str(value)
+                    events.append(
+                        EventInput(
+                            event_name=meter.event_name,
+                            payload=payload,
+                            identifier=(
+                                f"demo_{meter.event_name}_{customer.external_id}_{hour:%Y%m%d%H}"
+                            ),
+                            timestamp=hour + timedelta(minutes=rng.randint(0, 59)),
+                        )
+                    )
+        batch = event_batch_create(source=EventBatch.Source.MANUAL, user=user)
+        return meter_events_ingest(events=events, batch=batch)
 
     def _user(self, username: str, password: str, role: str | None, full_name: str) -> User:
         first, _, last = full_name.partition(" ")
