@@ -173,11 +173,12 @@ def _import(label: str, path: Path, user: object) -> Result:
 
     log = path.parent / f"worker-{label.replace(' ', '-')}.log"
     with log.open("wb") as out:
+        command = [str(ROOT / ".venv/bin/celery"), "-A", "usage_portal", "worker"]
+        command += ["--concurrency=1", "--loglevel=WARNING", "--without-gossip"]
+        command += ["--without-mingle", "-n", f"bench-{os.getpid()}@%h"]
         worker = subprocess.Popen(
-            [str(ROOT / ".venv/bin/celery"), "-A", "usage_portal", "worker", "--concurrency=1",
-             "--loglevel=WARNING", "--without-gossip", "--without-mingle", "-n", f"bench-{os.getpid()}@%h"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         time.sleep(4)  # let the worker connect before the clock starts
         with path.open("rb") as handle:
@@ -232,8 +233,9 @@ def _run(args: argparse.Namespace) -> None:
     print(f"{'run':<22}{'rows':>11}{'queued→done s':>15}{'rows/s':>10}{'imported':>11}"
           f"{'duplicate':>11}{'failed':>8}{'pool RSS MB':>13}{'main RSS MB':>13}")  # fmt: skip
     for r in results:
-        print(f"{r.label:<22}{r.rows:>11,}{r.seconds:>15.1f}{r.rate:>10,.0f}{r.imported:>11,}"
-              f"{r.duplicates:>11,}{r.failed:>8,}{r.peak_rss_mb:>13.0f}{r.main_rss_mb:>13.0f}")  # fmt: skip
+        counts = f"{r.imported:>11,}{r.duplicates:>11,}{r.failed:>8,}"
+        memory = f"{r.peak_rss_mb:>13.0f}{r.main_rss_mb:>13.0f}"
+        print(f"{r.label:<22}{r.rows:>11,}{r.seconds:>15.1f}{r.rate:>10,.0f}{counts}{memory}")
 
 
 if __name__ == "__main__":
