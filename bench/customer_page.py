@@ -12,6 +12,9 @@ generate_series (the ingestion core would take far longer for 10M rows), and the
 rollups are then computed from them in SQL with the core's definition (sum and count of the
 counted events, "last" = the value of the event with the greatest (timestamp, id)); the script
 checks the rollups against raw events for the measured customers before timing anything.
+The meter overview's daily rollups (``meters/day_rollups.py``) are then rebuilt from the hourly
+ones through ``usage_days_refresh`` (timed: a full rebuild, and one day of every meter -- what
+the after-commit refresh does while usage flows in), and checked against the hourly path.
 
 It then times, in process through Django's test client (middleware, view, selectors, template:
 the server's work, no network), ``--requests`` requests each of: the busiest and the median
@@ -38,7 +41,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
@@ -60,7 +63,8 @@ def load(events: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE meters_usagerollup, meters_meterevent, meters_eventrejection, "
-            "meters_usagealerttrigger, meters_usagealert, meters_eventbatch CASCADE"
+            "meters_usagealerttrigger, meters_usagealert, meters_eventbatch, "
+            "meters_meterdailyrollup, meters_meterusagetotal, meters_staleusageday CASCADE"
         )
     Meter.objects.filter(event_name__startswith="bench_").delete()
     Customer.objects.filter(external_id__startswith="bench_cus_").delete()
@@ -132,6 +136,65 @@ def check(customer, meters) -> None:  # type: ignore[no-untyped-def]
         assert fast == slow, (meter, customer, fast, slow)
 
 
+def build_daily(meters) -> None:  # type: ignore[no-untyped-def]
+    """Rebuild the overview's daily rollups through the refresh (as the migration would leave
+    it: every day stale), then refresh one day of every meter, and check them."""
+    import datetime as dt
+
+    from meters import selectors
+    from meters.day_rollups import usage_days_mark_all_stale, usage_days_mark_stale
+    from meters.day_rollups import usage_days_refresh as refresh
+    from meters.views.usage import preset_range
+
+    started = time.perf_counter()
+    marked = usage_days_mark_all_stale(meter_ids=[m.pk for m in meters])
+    days = refresh()
+    elapsed = time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE meters_meterdailyrollup")
+        cursor.execute("VACUUM ANALYZE meters_meterusagetotal")
+        cursor.execute("VACUUM ANALYZE meters_metermonthlyrollup")
+        cursor.execute("SELECT count(*) FROM meters_meterdailyrollup")
+        daily_rows = cursor.fetchone()[0]
+    print(
+        f"daily rollups rebuilt: {marked} (meter, day) keys, {days} refreshed, "
+        f"{daily_rows:,} customer-day rows in {elapsed:.1f} s"
+    )
+    today = dt.datetime.now(dt.UTC)
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        with transaction.atomic():
+            usage_days_mark_stale(keys=[(m.pk, today) for m in meters])
+        refresh()
+        samples.append((time.perf_counter() - started) * 1000)
+    print(
+        f"refreshing today for all {len(meters)} meters (the after-commit task's work): "
+        f"median {statistics.median(samples):.0f} ms"
+    )
+    now = dt.datetime.now(dt.UTC)
+    for meter in meters:
+        for preset in ("7d", "this_month", "90d"):
+            span = preset_range(preset, now)
+            results = [
+                (
+                    selectors.meter_usage_over_time(
+                        meter=meter,
+                        start=span.start,
+                        end=span.end,
+                        grouping=span.grouping,
+                        from_hourly=from_hourly,
+                    ),
+                    selectors.meter_top_customers(
+                        meter=meter, start=span.start, end=span.end, from_hourly=from_hourly
+                    ),
+                )
+                for from_hourly in (False, True)
+            ]
+            assert results[0] == results[1], (meter, preset)
+    print("overview from daily rollups equals the hourly computation (3 ranges, every meter)")
+
+
 def timed(client: Client, url: str, runs: int, **headers: str) -> tuple[float, float, int]:
     client.get(url, headers=headers)  # warm up
     samples = []
@@ -183,6 +246,7 @@ def main() -> None:
     check(busiest, meters)
     check(median, meters)
     print("rollups match raw events for both customers")
+    build_daily(meters)
 
     user, _ = User.objects.get_or_create(username="bench-support")
     user.groups.add(Group.objects.get_or_create(name="support")[0])

@@ -23,7 +23,11 @@ from meters.models import (
     EventBatch,
     EventRejection,
     Meter,
+    MeterDailyRollup,
     MeterEvent,
+    MeterMonthlyRollup,
+    MeterUsageTotal,
+    StaleUsageDay,
     UsageAlert,
     UsageAlertTrigger,
     UsageRollup,
@@ -140,6 +144,30 @@ class UsageRollupAdmin(ReadOnlyAdmin):
     list_select_related = ("meter", "customer")
     raw_id_fields = ("meter", "customer")
     show_full_result_count = False
+
+
+# The meter overview's daily rollups (meters/day_rollups.py): derived from the hourly rollups,
+# written only by the refresh, so read-only here.
+@admin.register(MeterDailyRollup, MeterMonthlyRollup)
+class PeriodRollupAdmin(ReadOnlyAdmin):
+    list_display = ("meter", "customer", "__str__", "value_sum", "event_count", "last_value")
+    list_filter = ("meter",)
+    list_select_related = ("meter", "customer")
+    raw_id_fields = ("meter", "customer")
+    show_full_result_count = False
+
+
+@admin.register(MeterUsageTotal)
+class MeterUsageTotalAdmin(ReadOnlyAdmin):
+    list_display = ("meter", "grain", "start", "value_sum", "event_count", "last_sum")
+    list_filter = ("meter", "grain")
+    show_full_result_count = False
+
+
+@admin.register(StaleUsageDay)
+class StaleUsageDayAdmin(ReadOnlyAdmin):
+    list_display = ("meter", "day")
+    list_filter = ("meter",)
 
 
 @admin.register(EventRejection)

@@ -98,6 +98,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from meters.day_rollups import usage_days_mark_stale
 from meters.models import (
     AuditEntry,
     Customer,
@@ -587,6 +588,10 @@ def meter_events_ingest(
             usage_alerts_schedule(
                 pairs={(c.meter.pk, c.customer_id) for c in fresh if c.index not in existing}
             )
+            # The meter overview's daily rollups of these days: refreshed after commit.
+            usage_days_mark_stale(
+                keys={(c.meter.pk, c.timestamp) for c in fresh if c.index not in existing}
+            )
 
     final = [result for result in results if result is not None]
     assert len(final) == len(events)
@@ -1005,6 +1010,7 @@ def _events_cancel(
             )
         ranges = {(r[1], r[2], *_window_of(meters[r[1]], r[3])) for r in rows}
         _plain_recompute(ranges, {pk for pk, m in meters.items() if m.event_time_window})
+        usage_days_mark_stale(keys={(r[1], r[3]) for r in rows})
         return cancelled
     keys = (
         "SELECT DISTINCT e.meter_id, e.customer_id, "
@@ -1061,6 +1067,8 @@ def _events_cancel(
             "WHERE windowed"
         )
         _pg_recompute(cursor, windows=True)
+        cursor.execute("SELECT DISTINCT meter_id, hour FROM meter_cancel_keys")
+        usage_days_mark_stale(keys=cursor.fetchall())
         cursor.execute("DROP TABLE meter_cancel_keys")
         cursor.execute("DROP TABLE meter_cancelled")
     return cancelled

@@ -573,8 +573,20 @@ def customer_options(*, search: str, limit: int = 20) -> list[Customer]:
 # checks both against raw events. Cancelled and superseded events are never in a rollup.
 
 from collections import defaultdict  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 
-from meters.models import UsageAlert, UsageAlertTrigger  # noqa: E402
+from django.db import transaction  # noqa: E402
+
+from meters.day_rollups import day_start, month_of  # noqa: E402
+from meters.models import (  # noqa: E402
+    MeterDailyRollup,
+    MeterMonthlyRollup,
+    MeterUsageTotal,
+    StaleUsageDay,
+    UsageAlert,
+    UsageAlertTrigger,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -747,8 +759,129 @@ def customer_usage_by_meter(
     return result
 
 
+# --- Meter overview: daily rollups where fresh, hourly rollups elsewhere ----------------------
+# See meters/day_rollups.py for how the daily tables are kept and why a day without a
+# ``StaleUsageDay`` marker can be read from them. ``from_hourly=True`` reads only the hourly
+# rollups: the reference the tests compare the fast path with.
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """The part of a range that falls in one UTC day, and whether that day's daily rows are
+    fresh (no stale marker)."""
+
+    start: dt.datetime
+    end: dt.datetime
+    fresh: bool
+
+    @property
+    def whole_day(self) -> bool:
+        return self.end - self.start == _DAY
+
+
+def _stale_days(meter: Meter, first: dt.date, after: dt.date) -> set[dt.date]:
+    return set(
+        StaleUsageDay.objects.filter(meter=meter, day__gte=first, day__lt=after).values_list(
+            "day", flat=True
+        )
+    )
+
+
+def _overview_segments(
+    meter: Meter, start: dt.datetime, end: dt.datetime, *, stale: set[dt.date] | None
+) -> list[_Segment]:
+    """[start, end) cut at UTC midnights; ``stale`` None: nothing is fresh (from_hourly)."""
+    segments = []
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    while day < end:
+        low, high = max(start, day), min(end, day + _DAY)
+        segments.append(_Segment(low, high, stale is not None and day.date() not in stale))
+        day += _DAY
+    return segments
+
+
+_Ranges = list[tuple[dt.datetime, dt.datetime]]
+
+
+def _top_customers_plan(
+    meter: Meter, start: dt.datetime, end: dt.datetime
+) -> tuple[list[dt.date], _Ranges, _Ranges]:
+    """(months read from the monthly rollups, day ranges read from the daily rollups, time
+    ranges read from the hourly rollups) that together cover [start, end) exactly.
+
+    A month's row serves the range when none of its days is stale and its days not wholly in
+    the range have no usage (e.g. the rest of the current month)."""
+    first_month = month_of(start.date())[0]
+    after_month = month_of((end - _HOUR).date())[1]
+    stale = _stale_days(meter, first_month, after_month)
+    segments = _overview_segments(meter, start, end, stale=stale)
+    whole_from = min((s.start for s in segments if s.whole_day), default=end)
+    whole_to = max((s.end for s in segments if s.whole_day), default=end)
+    busy_outside = {
+        month_of(moment.date())[0]
+        for moment in MeterUsageTotal.objects.filter(
+            meter=meter,
+            grain=MeterUsageTotal.Grain.DAY,
+            start__gte=day_start(first_month),
+            start__lt=day_start(after_month),
+        )
+        .exclude(start__gte=whole_from, start__lt=whole_to)
+        .values_list("start", flat=True)
+    }
+    unusable = busy_outside | {month_of(day)[0] for day in stale}
+    months: list[dt.date] = []
+    days: _Ranges = []
+    hours: _Ranges = []
+    for segment in segments:
+        month = month_of(segment.start.date())[0]
+        if month not in unusable:
+            if month not in months:
+                months.append(month)
+        elif segment.fresh and segment.whole_day:
+            days.append((segment.start, segment.end))
+        else:
+            hours.append((segment.start, segment.end))
+    return months, _merged(days), _merged(hours)
+
+
+def _merged(ranges: list[tuple[dt.datetime, dt.datetime]]) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Adjacent ranges joined: fewer, longer index scans."""
+    merged: list[tuple[dt.datetime, dt.datetime]] = []
+    for low, high in ranges:
+        if merged and merged[-1][1] == low:
+            merged[-1] = (merged[-1][0], high)
+        else:
+            merged.append((low, high))
+    return merged
+
+
+@contextmanager
+def _one_snapshot() -> Iterator[None]:
+    """On PostgreSQL, outside a transaction: read the markers, daily rows and hourly rollups
+    in one REPEATABLE READ snapshot, so they describe the same moment."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
+def _ranges_sql(column: str, ranges: Sequence[tuple[Any, Any]]) -> tuple[str, list[Any]]:
+    """``column`` in one of the [low, high) ``ranges`` (few): an OR of index ranges, which
+    the planner estimates well (an unnest join would look big and start parallel workers)."""
+    sql = " OR ".join(f"({column} >= %s AND {column} < %s)" for _ in ranges)
+    return f"({sql})", [bound for pair in ranges for bound in pair]
+
+
 def meter_usage_over_time(
-    *, meter: Meter, start: dt.datetime, end: dt.datetime, grouping: str
+    *,
+    meter: Meter,
+    start: dt.datetime,
+    end: dt.datetime,
+    grouping: str,
+    from_hourly: bool = False,
 ) -> list[UsageBucket]:
     """The meter's usage across all customers per hour or day of [start, end).
 
@@ -758,34 +891,82 @@ def meter_usage_over_time(
     """
     usage_hour_range_validate(start=start, end=end, grouping=grouping)
     start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
-    totals: dict[dt.datetime, Decimal] = defaultdict(Decimal)
-    counts: dict[dt.datetime, int] = defaultdict(int)
     formula = meter.aggregation_formula
+    windows: dict[dt.datetime, tuple[Decimal, int]] = {}
+    with _one_snapshot():
+        stale = None
+        if not from_hourly:
+            stale = _stale_days(meter, start.date(), (end - _HOUR).date() + _DAY)
+        segments = _overview_segments(meter, start, end, stale=stale)
+        # Fresh days: the totals table (hour grain for hourly buckets, also for a partial day).
+        fresh = _merged([(s.start, s.end) for s in segments if s.fresh])
+        hourly = _merged([(s.start, s.end) for s in segments if not s.fresh])
+        grain = (
+            MeterUsageTotal.Grain.HOUR if grouping == Grouping.HOUR else MeterUsageTotal.Grain.DAY
+        )
+        if fresh:
+            totals = MeterUsageTotal.objects.filter(meter=meter, grain=grain)
+            condition = Q()
+            for low, high in fresh:
+                condition |= Q(start__gte=low, start__lt=high)
+            for window, total, events, last_sum in totals.filter(condition).values_list(
+                "start", "value_sum", "event_count", "last_sum"
+            ):
+                windows[window] = (_overview_value(formula, total, events, last_sum), events)
+        if hourly:
+            windows.update(_over_time_from_hourly(meter, hourly, grouping))
+    step = _step(grouping)
+    return [
+        UsageBucket(
+            start=window,
+            end=window + step,
+            value=windows.get(window, (Decimal(0), 0))[0],
+            event_count=windows.get(window, (Decimal(0), 0))[1],
+        )
+        for window in _bucket_starts(start, end, grouping)
+    ]
+
+
+def _overview_value(formula: str, total: Decimal, events: int, last_sum: Decimal) -> Decimal:
+    if formula == Meter.Formula.COUNT:
+        return Decimal(events)
+    if formula == Meter.Formula.LAST:
+        return Decimal(last_sum)
+    return Decimal(total)
+
+
+def _over_time_from_hourly(
+    meter: Meter, ranges: list[tuple[dt.datetime, dt.datetime]], grouping: str
+) -> dict[dt.datetime, tuple[Decimal, int]]:
+    """{window: (value, events)} from the hourly rollups in ``ranges`` (whole days when
+    grouping by day)."""
+    formula = meter.aggregation_formula
+    result: dict[dt.datetime, tuple[Decimal, int]] = {}
     if connection.vendor == "postgresql":
+        in_ranges, range_params = _ranges_sql("hour", ranges)
         if formula == Meter.Formula.LAST:
             sql = (
                 "SELECT w, sum(v), sum(n) FROM (SELECT customer_id, "
                 f"{_trunc_sql(grouping)} AS w, (array_agg(last_value {_LAST_ORDER}))[1] AS v, "
                 "sum(event_count) AS n FROM meters_usagerollup WHERE meter_id = %s "
-                "AND hour >= %s AND hour < %s AND event_count > 0 GROUP BY 1, 2) t GROUP BY w"
+                f"AND {in_ranges} AND event_count > 0 GROUP BY 1, 2) t GROUP BY w"
             )
         else:
             sql = (
                 f"SELECT {_trunc_sql(grouping)} AS w, sum(value_sum), sum(event_count) "
-                "FROM meters_usagerollup WHERE meter_id = %s AND hour >= %s AND hour < %s "
+                f"FROM meters_usagerollup WHERE meter_id = %s AND {in_ranges} "
                 "AND event_count > 0 GROUP BY 1"
             )
         with connection.cursor() as cursor:
-            cursor.execute(sql, [meter.pk, start, end])
+            cursor.execute(sql, [meter.pk, *range_params])
             for window, total, events in cursor:
-                totals[window] = total if formula != Meter.Formula.COUNT else Decimal(events)
-                counts[window] = int(events)
-    else:
-        per_customer: dict[tuple[int, dt.datetime], _Accumulator] = defaultdict(_Accumulator)
+                value = total if formula != Meter.Formula.COUNT else Decimal(events)
+                result[window] = (value, int(events))
+        return result
+    per_customer: dict[tuple[int, dt.datetime], _Accumulator] = defaultdict(_Accumulator)
+    for low, high in ranges:
         for customer_id, hour, total, events, last_ts, last_id, last_value in (
-            UsageRollup.objects.filter(
-                meter=meter, hour__gte=start, hour__lt=end, event_count__gt=0
-            )
+            UsageRollup.objects.filter(meter=meter, hour__gte=low, hour__lt=high, event_count__gt=0)
             .values_list(
                 "customer_id",
                 "hour",
@@ -797,63 +978,128 @@ def meter_usage_over_time(
             )
             .iterator(chunk_size=2000)
         ):
-            per_customer[(customer_id, _window_of(hour, start, grouping))].add(
+            per_customer[(customer_id, _window_of(hour, low, grouping))].add(
                 total, events, last_ts, last_id, last_value
             )
-        for (_, window), acc in per_customer.items():
-            totals[window] += acc.value(formula)
-            counts[window] += acc.events
-    step = _step(grouping)
-    return [
-        UsageBucket(
-            start=window,
-            end=window + step,
-            value=totals.get(window, Decimal(0)),
-            event_count=counts.get(window, 0),
-        )
-        for window in _bucket_starts(start, end, grouping)
-    ]
+    totals: dict[dt.datetime, Decimal] = defaultdict(Decimal)
+    counts: dict[dt.datetime, int] = defaultdict(int)
+    for (_, window), acc in per_customer.items():
+        totals[window] += acc.value(formula)
+        counts[window] += acc.events
+    return {window: (totals[window], counts[window]) for window in totals}
 
 
 def meter_top_customers(
-    *, meter: Meter, start: dt.datetime, end: dt.datetime, limit: int = 10
+    *,
+    meter: Meter,
+    start: dt.datetime,
+    end: dt.datetime,
+    limit: int = 10,
+    from_hourly: bool = False,
 ) -> list[CustomerTotal]:
     """The customers with the greatest usage of ``meter`` over [start, end) (whole hours),
-    greatest first; ties by customer ID."""
+    greatest first; ties by customer ID. Whole fresh days come from the daily rollups."""
     usage_range_validate(start=start, end=end, grouping=Grouping.HOUR)
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
     formula = meter.aggregation_formula
     rows: list[tuple[int, Decimal, int]] = []
-    if connection.vendor == "postgresql":
-        value_sql = {
-            Meter.Formula.SUM: "sum(value_sum)",
-            Meter.Formula.COUNT: "sum(event_count)::numeric",
-            Meter.Formula.LAST: f"(array_agg(last_value {_LAST_ORDER}))[1]",
-        }[Meter.Formula(formula)]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT customer_id, {value_sql} AS v, sum(event_count) "
-                "FROM meters_usagerollup WHERE meter_id = %s AND hour >= %s AND hour < %s "
-                "AND event_count > 0 GROUP BY customer_id ORDER BY v DESC, customer_id LIMIT %s",
-                [meter.pk, start, end, limit],
+    with _one_snapshot():
+        months: list[dt.date] = []
+        days: _Ranges = []
+        hours: _Ranges = [(start, end)]
+        if not from_hourly:
+            months, days, hours = _top_customers_plan(meter, start, end)
+        if connection.vendor == "postgresql":
+            value_sql = {
+                Meter.Formula.SUM: "sum(value_sum)",
+                Meter.Formula.COUNT: "sum(event_count)::numeric",
+                Meter.Formula.LAST: f"(array_agg(last_value {_LAST_ORDER}))[1]",
+            }[Meter.Formula(formula)]
+            columns = (
+                "customer_id, value_sum, event_count, last_value, last_timestamp, last_event_id"
             )
-            rows = [(customer_id, value, int(events)) for customer_id, value, events in cursor]
-    else:
-        per_customer: dict[int, _Accumulator] = defaultdict(_Accumulator)
-        for customer_id, total, events, last_ts, last_id, last_value in UsageRollup.objects.filter(
-            meter=meter, hour__gte=start, hour__lt=end, event_count__gt=0
-        ).values_list(
-            "customer_id",
-            "value_sum",
-            "event_count",
-            "last_timestamp",
-            "last_event_id",
-            "last_value",
-        ):
-            per_customer[customer_id].add(total, events, last_ts, last_id, last_value)
-        rows = sorted(
-            ((cid, acc.value(formula), acc.events) for cid, acc in per_customer.items()),
-            key=lambda row: (-row[1], row[0]),
-        )[:limit]
+            # Only the sources this range needs, so the planner sees the real sizes.
+            parts: list[str] = []
+            params: list[Any] = []
+            if months:
+                parts.append(
+                    f"SELECT {columns} FROM meters_metermonthlyrollup "
+                    "WHERE meter_id = %s AND month = ANY(%s::date[])"
+                )
+                params += [meter.pk, months]
+            if days:
+                in_days, day_params = _ranges_sql(
+                    "day", [(lo.date(), hi.date()) for lo, hi in days]
+                )
+                parts.append(
+                    f"SELECT {columns} FROM meters_meterdailyrollup WHERE meter_id = %s "
+                    f"AND {in_days}"
+                )
+                params += [meter.pk, *day_params]
+            if hours:
+                in_hours, hour_params = _ranges_sql("hour", hours)
+                parts.append(
+                    f"SELECT {columns} FROM meters_usagerollup WHERE meter_id = %s "
+                    f"AND {in_hours} AND event_count > 0"
+                )
+                params += [meter.pk, *hour_params]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT customer_id, {value_sql} AS v, sum(event_count) FROM ("
+                    f"{' UNION ALL '.join(parts)}) u "
+                    "GROUP BY customer_id ORDER BY v DESC, customer_id LIMIT %s",
+                    [*params, limit],
+                )
+                rows = [(customer_id, value, int(events)) for customer_id, value, events in cursor]
+        else:
+            per_customer: dict[int, _Accumulator] = defaultdict(_Accumulator)
+            fields = (
+                "customer_id",
+                "value_sum",
+                "event_count",
+                "last_timestamp",
+                "last_event_id",
+                "last_value",
+            )
+            for (
+                customer_id,
+                total,
+                events,
+                last_ts,
+                last_id,
+                last_value,
+            ) in MeterMonthlyRollup.objects.filter(meter=meter, month__in=months).values_list(
+                *fields
+            ):
+                per_customer[customer_id].add(total, events, last_ts, last_id, last_value)
+            for low, high in days:
+                for (
+                    customer_id,
+                    total,
+                    events,
+                    last_ts,
+                    last_id,
+                    last_value,
+                ) in MeterDailyRollup.objects.filter(
+                    meter=meter, day__gte=low.date(), day__lt=high.date()
+                ).values_list(*fields):
+                    per_customer[customer_id].add(total, events, last_ts, last_id, last_value)
+            for low, high in hours:
+                for (
+                    customer_id,
+                    total,
+                    events,
+                    last_ts,
+                    last_id,
+                    last_value,
+                ) in UsageRollup.objects.filter(
+                    meter=meter, hour__gte=low, hour__lt=high, event_count__gt=0
+                ).values_list(*fields):
+                    per_customer[customer_id].add(total, events, last_ts, last_id, last_value)
+            rows = sorted(
+                ((cid, acc.value(formula), acc.events) for cid, acc in per_customer.items()),
+                key=lambda row: (-row[1], row[0]),
+            )[:limit]
     customers = Customer.objects.in_bulk([row[0] for row in rows])
     return [
         CustomerTotal(customer=customers[cid], value=Decimal(value), event_count=events)

@@ -1,4 +1,5 @@
-"""Celery tasks for usage alerts: thin wrappers around ``meters/alerts.py``."""
+"""Celery tasks for usage alerts and daily rollups: thin wrappers around ``meters/alerts.py``
+and ``meters/day_rollups.py``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from celery import shared_task
 from django.db import OperationalError
 
 from meters.alerts import alert_webhook_attempt, alert_webhook_backoff, usage_alerts_evaluate
+from meters.day_rollups import usage_days_refresh
 from meters.models import UsageAlertTrigger
 
 
@@ -38,3 +40,16 @@ def alert_webhook_deliver_task(self: Any, trigger_id: int) -> str:
     if status != UsageAlertTrigger.Delivery.PENDING:
         return "failed"
     raise self.retry(countdown=alert_webhook_backoff(attempt.attempt))
+
+
+@shared_task(
+    name="meters.usage_days_refresh",
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=8,
+)
+def usage_days_refresh_task() -> int:
+    """Recompute the daily rollups of every stale (meter, day); idempotent. Sent after each
+    ingestion or cancellation commits, and by beat every minute as a sweep."""
+    return usage_days_refresh()

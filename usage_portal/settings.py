@@ -206,6 +206,12 @@ CELERY_BEAT_SCHEDULE["uploads-requeue-stale"] = {
     "task": "uploads.requeue_stale",
     "schedule": float(os.environ.get("USAGE_UPLOAD_REQUEUE_EVERY_SECONDS", "60")),
 }
+# The meter overview's daily rollups are refreshed after each commit; this sweep catches a
+# refresh message that was lost (broker down at commit time).
+CELERY_BEAT_SCHEDULE["meters-usage-days-refresh"] = {
+    "task": "meters.usage_days_refresh",
+    "schedule": 60.0,
+}
 # Invoice finalization grace period (Stripe: default 1 hour, at most 72 hours, and always
 # shorter than the billing interval). Late usage inside it still lands on the invoice.
 BILLING_GRACE_PERIOD_MINUTES = int(os.environ.get("BILLING_GRACE_PERIOD_MINUTES", "60"))

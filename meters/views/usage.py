@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.db.models import prefetch_related_objects
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -401,11 +402,13 @@ def _live_context(meter: Meter, now: dt.datetime) -> dict[str, Any]:
     hourly = selectors.meter_hourly_event_counts(
         meter=meter, start=hour - 23 * HOUR, end=hour + HOUR
     )
+    events = selectors.events_recent(meter=meter, limit=LIVE_FEED_EVENTS)
+    # Each event's source looks at its batch's upload: one query for all, not one per event.
+    prefetch_related_objects([event.batch for event in events], "upload")
     return {
         "live_hours": bucket_rows(hourly, Grouping.HOUR, None, meter),
         "live_events": [
-            {"event": event, "source": selectors.event_source(event.batch)}
-            for event in selectors.events_recent(meter=meter, limit=LIVE_FEED_EVENTS)
+            {"event": event, "source": selectors.event_source(event.batch)} for event in events
         ],
         "live_events_today": sum(b.event_count for b in hourly if b.start >= hour.replace(hour=0)),
         "live_url": reverse("meters:meter_live_feed", kwargs={"meter_id": meter.meter_id}),
