@@ -43,9 +43,10 @@ fills them. ``bench/customer_page.py`` times a full rebuild of 10M events' rollu
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection, transaction
 
@@ -240,100 +241,89 @@ def _recompute_plain(keys: list[tuple[int, dt.date]]) -> None:
         _recompute_plain_month(meter_id, month)
 
 
+@dataclass(slots=True)
+class _Combined:
+    """A customer's rollup rows combined: sum, count and the last event by (time, id)."""
+
+    value_sum: Decimal
+    event_count: int
+    last_value: Decimal
+    last_timestamp: dt.datetime
+    last_event_id: int
+
+    def add(self, other: _Combined) -> None:
+        self.value_sum += other.value_sum
+        self.event_count += other.event_count
+        if (other.last_timestamp, other.last_event_id) > (
+            self.last_timestamp,
+            self.last_event_id,
+        ):
+            self.last_value = other.last_value
+            self.last_timestamp = other.last_timestamp
+            self.last_event_id = other.last_event_id
+
+
+_ROW_FIELDS = (
+    "customer_id",
+    "value_sum",
+    "event_count",
+    "last_value",
+    "last_timestamp",
+    "last_event_id",
+)
+
+
+def _combine_rows(rows: Iterable[tuple[Any, ...]]) -> dict[int, _Combined]:
+    combined: dict[int, _Combined] = {}
+    for customer_id, *fields in rows:
+        row = _Combined(*fields)
+        if customer_id in combined:
+            combined[customer_id].add(row)
+        else:
+            combined[customer_id] = row
+    return combined
+
+
 def _recompute_plain_month(meter_id: int, month: dt.date) -> None:
     first, after = month_of(month)
-    per_customer: dict[int, list[object]] = {}
-    for customer_id, total, events, last_value, last_ts, last_id in (
+    per_customer = _combine_rows(
         MeterDailyRollup.objects.filter(meter_id=meter_id, day__gte=first, day__lt=after)
         .order_by("day")
-        .values_list(
-            "customer_id",
-            "value_sum",
-            "event_count",
-            "last_value",
-            "last_timestamp",
-            "last_event_id",
-        )
-    ):
-        _combine(per_customer, customer_id, total, events, last_value, last_ts, last_id)
+        .values_list(*_ROW_FIELDS)
+    )
     MeterMonthlyRollup.objects.filter(meter_id=meter_id, month=first).delete()
     MeterMonthlyRollup.objects.bulk_create(
         [
-            MeterMonthlyRollup(
-                meter_id=meter_id,
-                month=first,
-                customer_id=customer_id,
-                value_sum=total,
-                event_count=events,
-                last_value=last_value,
-                last_timestamp=last_ts,
-                last_event_id=last_id,
-            )
-            for customer_id, (total, events, last_value, last_ts, last_id) in sorted(
-                per_customer.items()
-            )
+            MeterMonthlyRollup(meter_id=meter_id, month=first, customer_id=customer_id, **asdict(c))
+            for customer_id, c in sorted(per_customer.items())
         ],
         batch_size=500,
     )
 
 
-def _combine(
-    per_customer: dict[int, list[object]],
-    customer_id: int,
-    total: Decimal,
-    events: int,
-    last_value: Decimal,
-    last_ts: dt.datetime,
-    last_id: int,
-) -> None:
-    """Add one rollup row to a customer's [sum, count, last value, last time, last id]."""
-    row = per_customer.get(customer_id)
-    if row is None:
-        per_customer[customer_id] = [total, events, last_value, last_ts, last_id]
-        return
-    row[0] += total  # type: ignore[operator]
-    row[1] += events  # type: ignore[operator]
-    if (last_ts, last_id) > (row[3], row[4]):  # type: ignore[operator]
-        row[2:] = [last_value, last_ts, last_id]
-
-
 def _recompute_plain_day(meter_id: int, day: dt.date) -> None:
     start = day_start(day)
-    rows = UsageRollup.objects.filter(
+    rollups = UsageRollup.objects.filter(
         meter_id=meter_id, hour__gte=start, hour__lt=start + _DAY, event_count__gt=0
-    ).values_list(
-        "customer_id",
-        "hour",
-        "value_sum",
-        "event_count",
-        "last_value",
-        "last_timestamp",
-        "last_event_id",
     )
-    per_customer: dict[int, list[object]] = {}
-    per_hour: dict[dt.datetime, list[object]] = defaultdict(lambda: [Decimal(0), 0, Decimal(0)])
-    for customer_id, hour, total, events, last_value, last_ts, last_id in rows:
-        hourly = per_hour[hour]
-        hourly[0] += total  # type: ignore[operator]
-        hourly[1] += events  # type: ignore[operator]
-        hourly[2] += last_value  # type: ignore[operator]
-        _combine(per_customer, customer_id, total, events, last_value, last_ts, last_id)
+    per_customer = _combine_rows(rollups.values_list(*_ROW_FIELDS))
+    per_hour: dict[dt.datetime, _Combined] = {}
+    for hour, total, events, last_value in rollups.values_list(
+        "hour", "value_sum", "event_count", "last_value"
+    ):
+        assert last_value is not None  # every non-empty rollup has a last event
+        if hour in per_hour:
+            per_hour[hour].value_sum += total
+            per_hour[hour].event_count += events
+            per_hour[hour].last_value += last_value
+        else:
+            # For totals, "last" is the sum of the customers' last values: kept in last_value.
+            per_hour[hour] = _Combined(total, events, last_value, hour, 0)
     MeterDailyRollup.objects.filter(meter_id=meter_id, day=day).delete()
     MeterDailyRollup.objects.bulk_create(
         [
-            MeterDailyRollup(
-                meter_id=meter_id,
-                day=day,
-                customer_id=customer_id,
-                value_sum=total,
-                event_count=events,
-                last_value=last_value,
-                last_timestamp=last_ts,
-                last_event_id=last_id,
-            )
-            for customer_id, (total, events, last_value, last_ts, last_id) in sorted(
-                per_customer.items()
-            )
+            MeterDailyRollup(meter_id=meter_id, day=day, customer_id=customer_id, **asdict(c))
+            for customer_id, c in sorted(per_customer.items())
         ],
         batch_size=500,
     )
@@ -345,22 +335,22 @@ def _recompute_plain_day(meter_id: int, day: dt.date) -> None:
             meter_id=meter_id,
             grain=MeterUsageTotal.Grain.HOUR,
             start=hour,
-            value_sum=total,
-            event_count=events,
-            last_sum=last_sum,
+            value_sum=row.value_sum,
+            event_count=row.event_count,
+            last_sum=row.last_value,
         )
-        for hour, (total, events, last_sum) in sorted(per_hour.items())
+        for hour, row in sorted(per_hour.items())
     ]
     if per_customer:
-        daily_rows = per_customer.values()
+        rows = per_customer.values()
         totals.append(
             MeterUsageTotal(
                 meter_id=meter_id,
                 grain=MeterUsageTotal.Grain.DAY,
                 start=start,
-                value_sum=sum((row[0] for row in daily_rows), Decimal(0)),  # type: ignore[misc]
-                event_count=sum(row[1] for row in daily_rows),  # type: ignore[misc]
-                last_sum=sum((row[2] for row in daily_rows), Decimal(0)),  # type: ignore[misc]
+                value_sum=sum((row.value_sum for row in rows), Decimal(0)),
+                event_count=sum(row.event_count for row in rows),
+                last_sum=sum((row.last_value for row in rows), Decimal(0)),
             )
         )
     MeterUsageTotal.objects.bulk_create(totals, batch_size=500)
