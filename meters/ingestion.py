@@ -234,9 +234,13 @@ class _Candidate:
     timestamp_given: bool
     value: Decimal
     payload: dict[str, Any]
-    payload_json: str
     line: int | None
     event_id: int | None = None
+
+    @property
+    def payload_json(self) -> str:
+        # Encoded only for events that get stored: a re-sent file's duplicates never need it.
+        return _JSON.encode(self.payload)
 
     def same_content(
         self, meter_id: int, customer_id: int, timestamp: datetime, value: Any
@@ -277,6 +281,15 @@ def value_parse(raw: str) -> Decimal:
         significant = text.lstrip("0")
         if len(significant) <= _MAX_VALUE_EXPONENT and len(significant.rstrip("0")) <= (
             MAX_VALUE_DIGITS
+        ):
+            return Decimal(text)
+    head, dot, tail = text.partition(".")
+    if dot and text.isascii() and head.isdigit() and tail.isdigit():  # plain "123.45"
+        whole = head.lstrip("0")
+        if (
+            len(whole) <= _MAX_VALUE_EXPONENT
+            and len(tail) <= _MAX_VALUE_EXPONENT
+            and len((whole + tail).lstrip("0").rstrip("0")) <= MAX_VALUE_DIGITS
         ):
             return Decimal(text)
     if not _VALUE_PATTERN.match(text):
@@ -414,8 +427,7 @@ def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
             f"{_duration_words(settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS)} in the future.",
             "timestamp",
         )
-    payload_json = _JSON.encode(payload)
-    if "\\u0000" in payload_json:
+    if _payload_has_nul(payload):
         raise _Rejected(Code.INVALID_PAYLOAD, "The payload contains a NUL character.", "payload")
     return _Candidate(
         index=index,
@@ -426,9 +438,21 @@ def _validate(index: int, event: EventInput, ctx: _Context) -> _Candidate:
         timestamp_given=event.timestamp is not None,
         value=value,
         payload=dict(payload),
-        payload_json=payload_json,
         line=event.line,
     )
+
+
+def _payload_has_nul(payload: Mapping[str, Any]) -> bool:
+    """Whether the payload's JSON would contain ``\\u0000`` (PostgreSQL's jsonb refuses it).
+
+    For string keys and values that is exactly: some string holds a NUL, or the text
+    ``\\u0000`` (whose backslash JSON doubles, leaving ``\\u0000`` in the output). Joined
+    with U+0001, which JSON escapes, no match can span two strings."""
+    try:
+        text = "\x01".join((*payload.keys(), *payload.values()))
+    except TypeError:  # not all strings (an API caller's numbers): ask the encoder
+        return "\\u0000" in _JSON.encode(payload)
+    return "\x00" in text or "\\u0000" in text
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -438,15 +462,21 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 def _load_context(events: Sequence[EventInput], now: datetime) -> _Context:
     # Names and IDs with NUL match nothing (and PostgreSQL refuses them as parameters).
-    names = {n for n in (_clean(event.event_name) for event in events) if n and "\x00" not in n}
+    cleaned = {name: _clean(name) for name in {event.event_name for event in events}}
+    names = {n for n in cleaned.values() if n and "\x00" not in n}
     meters: dict[str, Meter] = {}
     for chunk in _chunks(sorted(names), _IN_CHUNK):
         meters.update((m.event_name, m) for m in Meter.objects.filter(event_name__in=chunk))
+    key_of = {
+        name: meters[clean].customer_mapping_key
+        for name, clean in cleaned.items()
+        if clean in meters
+    }
     refs: set[str] = set()
     for event in events:
-        meter = meters.get(_clean(event.event_name))
-        if meter is not None:
-            ref = _clean(event.payload.get(meter.customer_mapping_key))
+        key = key_of.get(event.event_name)
+        if key is not None:
+            ref = _clean(event.payload.get(key))
             if ref and "\x00" not in ref:
                 refs.add(ref)
     customers: dict[str, int] = {}
@@ -649,12 +679,23 @@ def _write_postgres(
     if not candidates:
         return {}
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence('meters_meterevent', 'id')) "
-            "FROM generate_series(1, %s)",
-            [len(candidates)],
-        )
-        ids = sorted(row[0] for row in cursor.fetchall())
+        # Identifiers already stored (a re-sent file) cost no id, no staging row and no
+        # conflicting insert: one set-based probe of the unique index finds them. A sample
+        # probe first, so that a new file does not pay for a full probe that finds nothing.
+        # Whatever the probes miss (or a concurrent batch commits meanwhile) is still caught
+        # by ON CONFLICT below: the probes only save work.
+        existing: dict[int, Any] = {}
+        step = max(1, len(candidates) // _PROBE_SAMPLE)
+        for probe in (candidates[::step], candidates) if step > 1 else (candidates,):
+            stored = _pg_stored(cursor, [c.identifier for c in probe])
+            if not stored:
+                break
+        if stored:
+            existing = {c.index: stored[c.identifier] for c in candidates if c.identifier in stored}
+            candidates = [c for c in candidates if c.identifier not in stored]
+            if not candidates:
+                return existing
+        ids = _pg_event_ids(cursor, len(candidates))
         by_id: dict[int, _Candidate] = {}
         for candidate, event_id in zip(candidates, ids, strict=True):
             candidate.event_id = event_id
@@ -674,19 +715,18 @@ def _write_postgres(
             "value, payload, batch_id, line, received_at, superseded) "
             "SELECT id, identifier, meter_id, customer_id, ts, value, payload, %s, line, %s, "
             'false FROM meter_event_stage ORDER BY identifier COLLATE "C" '
-            "ON CONFLICT (identifier) DO NOTHING RETURNING id",
+            "ON CONFLICT (identifier) DO NOTHING",
             [batch.pk, now],
         )
-        inserted = {row[0] for row in cursor.fetchall()}
-        existing: dict[int, Any] = {}
-        if len(inserted) < len(candidates):
+        inserted = cursor.rowcount
+        if inserted < len(candidates):
             # Identifiers already taken: compare with the committed rows, drop from the stage.
             cursor.execute(
                 "DELETE FROM meter_event_stage s USING meters_meterevent e "
                 "WHERE e.identifier = s.identifier AND e.id <> s.id "
                 "RETURNING s.id, e.meter_id, e.customer_id, e.timestamp, e.value"
             )
-            existing = {by_id[row[0]].index: tuple(row[1:]) for row in cursor.fetchall()}
+            existing.update((by_id[row[0]].index, tuple(row[1:])) for row in cursor.fetchall())
         if not inserted:
             return existing
         # Windowed meters re-decide a whole window: lock it first. Raw meters need no separate
@@ -730,6 +770,40 @@ def _write_postgres(
         _pg_recompute(cursor, windows=True)
         cursor.execute("DROP TABLE meter_event_stage")
     return existing
+
+
+_PROBE_SAMPLE = 256  # identifiers in the sample probe for already stored events
+
+
+def _pg_stored(cursor: Any, identifiers: list[str]) -> dict[str, StoredRow]:
+    """The stored content of those of ``identifiers`` that are already taken."""
+    cursor.execute(
+        "SELECT identifier, meter_id, customer_id, timestamp, value FROM meters_meterevent "
+        "WHERE identifier = ANY(%s::text[])",
+        [identifiers],
+    )
+    return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
+
+
+_event_sequence: str | None = None  # the id sequence's name, looked up once
+
+
+def _pg_event_ids(cursor: Any, count: int) -> list[int]:
+    """``count`` new event ids from the sequence, ascending. Usually they are one contiguous
+    run (no other session drew ids meanwhile): then only its ends cross the wire."""
+    global _event_sequence
+    if _event_sequence is None:
+        cursor.execute("SELECT pg_get_serial_sequence('meters_meterevent', 'id')")
+        _event_sequence = str(cursor.fetchone()[0]).replace("'", "''")
+    cursor.execute(
+        f"WITH drawn AS (SELECT nextval('{_event_sequence}'::regclass) AS id "
+        "FROM generate_series(1, %s)) SELECT min(id), max(id), CASE WHEN "
+        "max(id) - min(id) + 1 = count(*) THEN NULL ELSE array_agg(id ORDER BY id) END "
+        "FROM drawn",
+        [count],
+    )
+    low, high, scattered = cursor.fetchone()
+    return list(range(low, high + 1)) if scattered is None else sorted(scattered)
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
