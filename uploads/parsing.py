@@ -229,7 +229,7 @@ def records(lines: Iterable[str], *, max_line_bytes: int) -> Iterator[Record]:
             continue
         if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue
-        if any(OVERLONG_MARK in value for value in fields):
+        if OVERLONG_MARK in "".join(fields):
             yield Record(
                 start,
                 [],
@@ -300,6 +300,7 @@ def header_problems(header: list[str], meters_used: Iterable[MeterKeys]) -> str:
 def inspect(lines: Iterable[str], *, max_line_bytes: int) -> Inspection:
     """A first pass over the whole file: it decodes (so bad text fails before anything is
     imported), reads the header, counts the records and lists the event names used."""
+    lines = iter(lines)  # one position, shared by the header's reader and the counting one
     record_iter = records(lines, max_line_bytes=max_line_bytes)
     header = header_read(record_iter)
     if problem := header_problems(header, []):
@@ -307,10 +308,28 @@ def inspect(lines: Iterable[str], *, max_line_bytes: int) -> Inspection:
     inspection = Inspection(header=header)
     event_index = header.index("event_name") if "event_name" in header else None
     names = inspection.event_names
-    for record in record_iter:
-        inspection.records += 1
-        if event_index is not None and len(record.fields) > event_index and len(names) < 10_000:
-            names.add(unescape_cell(record.fields[event_index]).strip())
+    # The rest is only counted, so it skips ``records``' per-row objects: a reader of its own
+    # continues on the same lines right after the header's record. It counts exactly what
+    # ``records`` yields: malformed and over-long records too, blank lines not.
+    reader = csv.reader(lines, strict=False)
+    counted = 0
+    while True:
+        try:
+            for fields in reader:
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue
+                counted += 1
+                if (
+                    event_index is not None
+                    and len(fields) > event_index
+                    and len(names) < 10_000
+                    and OVERLONG_MARK not in "".join(fields)
+                ):
+                    names.add(unescape_cell(fields[event_index]).strip())
+            break
+        except csv.Error:
+            counted += 1
+    inspection.records = counted
     if inspection.records == 0:
         raise FileProblem("The file has a header row but no data rows.")
     return inspection
@@ -465,7 +484,7 @@ class RowBuilder:
                 rows.append(ParsedRow(record.line, {}, error=record.error))
                 continue
             fields = record.fields
-            if any(value[:1] == "'" for value in fields):
+            if "'" in "".join(fields):  # rare: only then look for escaped cells
                 fields = [unescape_cell(value) for value in fields]
             raw = RawRow(header, fields)
             if len(fields) != self.width:

@@ -196,7 +196,7 @@ USAGE_TIMESTAMP_MAX_FUTURE_SECONDS = int(
 USAGE_UPLOAD_MAX_BYTES = int(os.environ.get("USAGE_UPLOAD_MAX_BYTES", str(1024**3)))
 # CSV uploads: rows per committed chunk, the longest line accepted, and when a job counts as
 # stale for the periodic re-queue (queued but never started; running with no heartbeat).
-USAGE_UPLOAD_CHUNK_ROWS = int(os.environ.get("USAGE_UPLOAD_CHUNK_ROWS", "5000"))
+USAGE_UPLOAD_CHUNK_ROWS = int(os.environ.get("USAGE_UPLOAD_CHUNK_ROWS", "20000"))
 USAGE_UPLOAD_MAX_LINE_BYTES = int(os.environ.get("USAGE_UPLOAD_MAX_LINE_BYTES", str(1024**2)))
 USAGE_UPLOAD_QUEUED_STALE_SECONDS = int(os.environ.get("USAGE_UPLOAD_QUEUED_STALE_SECONDS", "120"))
 USAGE_UPLOAD_RUNNING_STALE_SECONDS = int(
