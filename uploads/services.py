@@ -17,9 +17,11 @@ Cancellation is honoured between chunks; what was committed stays (revert undoes
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -367,9 +369,11 @@ def _process(upload: Upload, token: str) -> None:
                 builder.build(chunk[: resume_at - position])
                 chunk = chunk[resume_at - position :]
                 position = resume_at
-            rows = builder.build(chunk)
-            if not _commit_chunk(upload.pk, token, rows, start=position):
-                return
+            with _gc_paused():
+                rows = builder.build(chunk)
+                if not _commit_chunk(upload.pk, token, rows, start=position):
+                    return
+                del rows
             position += len(chunk)
     except parsing.FileProblem as error:
         # The first pass read the same bytes, so only a file changed underneath gets here.
@@ -385,6 +389,24 @@ def _process(upload: Upload, token: str) -> None:
             Upload.Status.SUCCEEDED_WITH_ERRORS if upload.rows_failed else Upload.Status.SUCCEEDED
         )
         _finish(upload, status, now=timezone.now())
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while one chunk is built and ingested.
+
+    A chunk makes a few hundred thousand short-lived objects (rows, events, candidates) that
+    die by reference counting when the chunk is done; the collector would traverse each of
+    them several times meanwhile (about a quarter of the Python time, measured) and find
+    nothing. Automatic collection resumes between chunks, so memory stays bounded.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _rejection_of(row: parsing.ParsedRow) -> RejectionInput:
