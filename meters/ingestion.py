@@ -81,11 +81,13 @@ events and within the batch) and record rejections, but write no events and no r
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -509,10 +511,35 @@ def _raw_of(event: EventInput) -> dict[str, Any]:
 
 
 # --- Ingestion -------------------------------------------------------------------------------
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch of events is handled.
+
+    A large batch makes hundreds of thousands of short-lived objects (events, candidates,
+    results) that die by reference counting once it is done; the collector would traverse
+    each of them several times meanwhile (about a quarter of the Python time of a CSV
+    chunk, measured) and find nothing. Automatic collection resumes afterwards.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def meter_events_ingest(
     *, events: Sequence[EventInput], batch: EventBatch, now: datetime | None = None
 ) -> IngestReport:
     """Validate, deduplicate and store ``events`` as part of ``batch``; see the module doc."""
+    with gc_paused():
+        return _events_ingest(events, batch, now)
+
+
+def _events_ingest(
+    events: Sequence[EventInput], batch: EventBatch, now: datetime | None
+) -> IngestReport:
     now = (now or timezone.now()).astimezone(UTC)
     ctx = _load_context(events, now)
     results: list[EventResult | None] = [None] * len(events)
