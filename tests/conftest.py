@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -106,6 +107,12 @@ def browser_login(page, username: str, password: str = PASSWORD) -> None:  # typ
 # tests and on pytest-django's TEST database. Use it with
 # `@pytest.mark.django_db(transaction=True)` (the worker only sees committed data) and mark
 # the test `@pytest.mark.worker`.
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the worker if pytest dies, so no orphan keeps consuming the queue."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class WorkerProcess:
     def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
         self.process = process
@@ -192,6 +199,7 @@ def celery_worker_factory(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         worker = WorkerProcess(process, log_path)
         started.append(worker)

@@ -20,11 +20,12 @@ from usage_portal.roles import Role
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def wait_for(condition, timeout=60.0):
+def wait_for(condition, timeout=60.0, worker=None):
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for the worker")
+            log = worker.log[-4000:] if worker is not None else ""
+            pytest.fail(f"timed out waiting for the worker\n{log}")
         time.sleep(0.2)
 
 
@@ -58,7 +59,10 @@ def test_manual_usage_fires_the_alert_once_and_the_worker_delivers_it(celery_wor
             ).exists()
         )
         record("6")  # more usage: evaluated again, but it fired already
-        wait_for(lambda: "meters.usage_alerts_evaluate" in worker.log and _evaluations(worker) >= 3)
+        wait_for(
+            lambda: "meters.usage_alerts_evaluate" in worker.log and _evaluations(worker) >= 3,
+            worker=worker,
+        )
         trigger = UsageAlertTrigger.objects.get()
         assert (trigger.alert, trigger.customer, trigger.value) == (alert, customer, Decimal(12))
         attempts = list(AlertDeliveryAttempt.objects.order_by("attempt"))
