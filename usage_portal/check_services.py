@@ -1,4 +1,8 @@
-"""Fail loudly, before the tests, when PostgreSQL or Redis cannot be reached."""
+"""Fail loudly, before the tests, when PostgreSQL or Redis cannot be reached.
+
+The test database itself is created by pytest-django; the database named in the URL is
+created here when the server answers but does not have it yet (a fresh machine).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,35 @@ import sys
 
 import psycopg
 import redis
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+
+def _postgres_problem(database_url: str) -> str | None:
+    conninfo = database_url.replace("postgres://", "postgresql://", 1)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5):
+            return None
+    except psycopg.OperationalError as error:
+        if "does not exist" not in str(error):
+            return f"PostgreSQL is unreachable at {database_url}: {error}".strip()
+    # The server answers but the database is missing: create it from the maintenance database.
+    name = conninfo_to_dict(conninfo).get("dbname")
+    try:
+        with psycopg.connect(
+            make_conninfo(conninfo, dbname="postgres"), connect_timeout=5, autocommit=True
+        ) as connection:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+    except psycopg.Error as error:
+        return f"PostgreSQL has no database {name!r} and it could not be created: {error}"
+    return None
 
 
 def main(database_url: str, broker_url: str) -> int:
     problems = []
-    try:
-        with psycopg.connect(
-            database_url.replace("postgres://", "postgresql://"), connect_timeout=5
-        ):
-            pass
-    except psycopg.Error as error:
-        problems.append(f"PostgreSQL is unreachable at {database_url}: {error}".strip())
+    problem = _postgres_problem(database_url)
+    if problem:
+        problems.append(problem)
     try:
         redis.Redis.from_url(broker_url, socket_connect_timeout=5).ping()
     except redis.RedisError as error:
