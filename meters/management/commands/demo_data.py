@@ -122,7 +122,7 @@ class Command(BaseCommand):
         for meter in meters:
             for rank, customer in enumerate(customers, start=1):
                 rng = random.Random(f"{meter.event_name}/{customer.external_id}")
-                for step in range(30 * 3):
+                for step in reversed(range(30 * 3)):  # oldest first, as received
                     hour = now - timedelta(hours=8 * step + 1)
                     value = Decimal(rng.randint(1, 400 // rank + 5))
                     payload = {meter.customer_mapping_key: customer.external_id}
