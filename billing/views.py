@@ -22,6 +22,7 @@ from billing.periods import Period
 from billing.pricing import PricingError, price_amount
 from meters.models import Customer
 from meters.selectors import audit_entries_for, page_of
+from usage_portal.forms import form_add_service_error
 from usage_portal.roles import Role, role_required
 from usage_portal.types import HtmxHttpRequest
 
@@ -168,11 +169,7 @@ def subscription_create(request: HtmxHttpRequest, customer_pk: int) -> HttpRespo
                 backdate_start_date=data.get("backdate_start_date"),
             )
         except ValidationError as error:
-            if hasattr(error, "error_dict"):
-                for field, errors in error.error_dict.items():
-                    form.add_error(field if field in form.fields else None, errors)
-            else:
-                form.add_error(None, error)
+            form_add_service_error(form, error)
         else:
             messages.success(request, f"Subscription {subscription.subscription_id} started.")
             return redirect(subscription)
@@ -345,11 +342,7 @@ def credit_grant_create(request: HtmxHttpRequest, customer_pk: int) -> HttpRespo
                 name=data.get("name") or "",
             )
         except ValidationError as error:
-            if hasattr(error, "error_dict"):
-                for field, errors in error.error_dict.items():
-                    form.add_error(field if field in form.fields else None, errors)
-            else:
-                form.add_error(None, error)
+            form_add_service_error(form, error)
         else:
             messages.success(request, f"Credit grant {grant.grant_id} created.")
             return redirect("billing:customer_billing", customer_pk=customer.pk)

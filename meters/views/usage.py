@@ -37,6 +37,7 @@ from meters import selectors
 from meters.alerts import usage_alert_create, usage_alert_status_set
 from meters.models import Customer, Meter, UsageAlert
 from meters.selectors import Grouping, UsageBucket
+from usage_portal.forms import form_add_service_error
 from usage_portal.roles import Role, role_required
 from usage_portal.types import HtmxHttpRequest
 
@@ -493,11 +494,7 @@ def alert_create(request: HtmxHttpRequest) -> HttpResponse:
         try:
             alert = usage_alert_create(actor=request.user, **form.cleaned_data)
         except ValidationError as error:
-            if hasattr(error, "error_dict"):
-                for field, errors in error.error_dict.items():
-                    form.add_error(field if field in form.fields else None, errors)
-            else:
-                form.add_error(None, error)
+            form_add_service_error(form, error)
         else:
             messages.success(request, f"Alert “{alert.title}” created.")
             return redirect(alert)
