@@ -170,22 +170,41 @@ class EventBatch(models.Model):
         return f"{self.get_source_display()} batch {self.pk}"
 
 
+# HOT_PATH_FK. Events and hourly rollups carry no database FOREIGN KEY constraints to
+# meters, customers and batches. PostgreSQL checks a foreign key with one trigger query per
+# inserted row; on a CSV import that was five queries per event (three on the event, two on
+# its new rollup row), measured at 18.5 s of every million rows, more than the inserts
+# themselves. Integrity holds without them: only the ingestion core writes these rows, and
+# it takes every meter and customer id from the database in the same transaction, locking
+# them FOR KEY SHARE (one statement per batch) exactly as a foreign key check would; meters,
+# customers and batches are never deleted (no view or admin action deletes them, and Django
+# still enforces on_delete=PROTECT for any ORM delete).
 class MeterEvent(models.Model):
     """One usage event. Immutable but for cancellation and supersession."""
 
     identifier = models.CharField(max_length=100)
     # No single-column FK indexes: the composite index below serves them, and every index
-    # costs time on bulk inserts.
+    # costs time on bulk inserts. No database FOREIGN KEY constraints either (HOT_PATH_FK):
     meter = models.ForeignKey(
-        Meter, on_delete=models.PROTECT, related_name="events", db_index=False
+        Meter,
+        on_delete=models.PROTECT,
+        related_name="events",
+        db_index=False,
+        db_constraint=False,
     )
     customer = models.ForeignKey(
-        Customer, on_delete=models.PROTECT, related_name="events", db_index=False
+        Customer,
+        on_delete=models.PROTECT,
+        related_name="events",
+        db_index=False,
+        db_constraint=False,
     )
     timestamp = models.DateTimeField()
     value = ExactDecimalField()
     payload = models.JSONField(default=dict)
-    batch = models.ForeignKey(EventBatch, on_delete=models.PROTECT, related_name="events")
+    batch = models.ForeignKey(
+        EventBatch, on_delete=models.PROTECT, related_name="events", db_constraint=False
+    )
     # The line of the source file the event came from, for CSV and S3.
     line = models.PositiveIntegerField(null=True, blank=True)
     received_at = models.DateTimeField()
@@ -230,9 +249,12 @@ class UsageRollup(models.Model):
     counted event with the greatest (timestamp, id) in the hour.
     """
 
-    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_index=False)
+    # No database FOREIGN KEY constraints, like MeterEvent's (HOT_PATH_FK).
+    meter = models.ForeignKey(
+        Meter, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
     customer = models.ForeignKey(
-        Customer, on_delete=models.PROTECT, related_name="+", db_index=False
+        Customer, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
     )
     hour = models.DateTimeField()
     value_sum = ExactDecimalField()
