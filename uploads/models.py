@@ -79,6 +79,16 @@ class Upload(models.Model):
         on_delete=models.PROTECT,
         related_name="+",
     )
+    # Revert runs in a worker (a large upload's cancellation outlasts a web request): the
+    # request is recorded here, the outcome in the reverted_* fields.
+    revert_requested_at = models.DateTimeField(null=True, blank=True)
+    revert_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
     reverted_at = models.DateTimeField(null=True, blank=True)
     reverted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -125,7 +135,8 @@ class Upload(models.Model):
         return self.is_active and self.cancel_requested_at is None
 
     @property
-    def can_revert(self) -> bool:
+    def is_revertible(self) -> bool:
+        """A finished import that brought in events and was not reverted yet."""
         return (
             not self.validate_only
             and self.reverted_at is None
@@ -133,6 +144,20 @@ class Upload(models.Model):
             in (self.Status.SUCCEEDED, self.Status.SUCCEEDED_WITH_ERRORS, self.Status.CANCELLED)
             and self.rows_imported > 0
         )
+
+    @property
+    def can_revert(self) -> bool:
+        """A user may ask for a revert: revertible, and not asked for already."""
+        return self.is_revertible and self.revert_requested_at is None
+
+    @property
+    def revert_pending(self) -> bool:
+        return self.revert_requested_at is not None and self.reverted_at is None
+
+    @property
+    def needs_polling(self) -> bool:
+        """Its page changes by itself: the job runs, or a revert is on its way."""
+        return self.is_active or self.revert_pending
 
     @property
     def can_import(self) -> bool:

@@ -147,6 +147,12 @@ def uploads_requeue_stale(*, now: datetime | None = None) -> list[int]:
     for upload in Upload.objects.filter(pk__in=stale_ids).order_by("pk"):
         if upload_enqueue(upload=upload):
             requeued.append(upload.pk)
+    # Reverts asked for long ago and not done: the message was lost, or the worker died.
+    for upload in Upload.objects.filter(
+        revert_requested_at__lt=queued_before, reverted_at__isnull=True
+    ).order_by("pk"):
+        if upload.is_revertible and upload_revert_enqueue(upload=upload):
+            requeued.append(upload.pk)
     return requeued
 
 
@@ -180,18 +186,55 @@ def upload_cancel(*, upload: Upload, user: User) -> Upload:
 
 
 @transaction.atomic
-def upload_revert(*, upload: Upload, user: User) -> Upload:
-    """Cancel every event the upload brought in; the core keeps the rollups exact."""
+def upload_revert_request(*, upload: Upload, user: User) -> Upload:
+    """Ask for a revert; a worker carries it out (``upload_revert``), since cancelling a large
+    upload's events takes longer than a web request may."""
     upload = Upload.objects.select_for_update().get(pk=upload.pk)
     if not upload.can_revert:
-        raise ValidationError(
-            "Only a finished import that brought in events, and was not reverted yet, can be "
-            "reverted.",
-            code="not_revertible",
+        reason = (
+            "A revert of this upload is already on its way."
+            if upload.revert_pending
+            else "Only a finished import that brought in events, and was not reverted yet, "
+            "can be reverted."
         )
+        raise ValidationError(reason, code="not_revertible")
+    upload.revert_requested_at = timezone.now()
+    upload.revert_requested_by = user  # type: ignore[assignment]
+    upload.save(update_fields=["revert_requested_at", "revert_requested_by"])
+    transaction.on_commit(lambda: upload_revert_enqueue(upload=upload))
+    return upload
+
+
+def upload_revert_enqueue(*, upload: Upload) -> bool:
+    """Hand a requested revert to the broker; if it is down, the periodic re-queue sends it."""
+    from uploads.tasks import upload_revert_task
+
+    try:
+        with upload_revert_task.app.connection_for_write() as connection:
+            upload_revert_task.apply_async(args=[upload.pk], connection=connection, retry=False)
+    except Exception:  # any broker failure: kombu, redis, OS errors
+        logger.warning(
+            "Upload %s: revert stays requested: the broker is unreachable.",
+            upload.pk,
+            exc_info=True,
+        )
+        return False
+    return True
+
+
+@transaction.atomic
+def upload_revert(*, upload_id: int) -> Upload | None:
+    """Carry out a requested revert: cancel every event the upload brought in (the core keeps
+    the rollups exact), all in one transaction. Idempotent: a revert already done, or never
+    asked for, does nothing and returns None."""
+    upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
+    if upload is None or not upload.revert_pending or not upload.is_revertible:
+        return None
+    user = upload.revert_requested_by
+    assert user is not None
     cancelled = event_batch_cancel(batch=upload.batch, user=user)
     upload.reverted_at = timezone.now()
-    upload.reverted_by = user  # type: ignore[assignment]
+    upload.reverted_by = user
     upload.events_reverted = cancelled
     upload.save(update_fields=["reverted_at", "reverted_by", "events_reverted"])
     audit_record(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import OperationalError
 
-from uploads.services import upload_process, uploads_requeue_stale
+from uploads.services import upload_process, upload_revert, uploads_requeue_stale
 
 
 @shared_task(
@@ -20,6 +20,18 @@ from uploads.services import upload_process, uploads_requeue_stale
 )
 def upload_process_task(upload_id: int) -> None:
     upload_process(upload_id=upload_id)
+
+
+@shared_task(
+    name="uploads.revert",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=8,
+)
+def upload_revert_task(upload_id: int) -> None:
+    upload_revert(upload_id=upload_id)
 
 
 @shared_task(name="uploads.requeue_stale", acks_late=True)

@@ -85,7 +85,7 @@ def upload_detail(request: HtmxHttpRequest, upload_pk: int) -> HttpResponse:
     if request.htmx:
         if request.htmx.target == "upload-errors":
             return render(request, "uploads/upload_detail.html#errors", context)
-        status = STOP_POLLING if upload.is_finished else 200
+        status = 200 if upload.needs_polling else STOP_POLLING
         return render(request, "uploads/upload_detail.html#live", context, status=status)
     return render(request, "uploads/upload_detail.html", context)
 
@@ -111,8 +111,10 @@ def _act(request: HtmxHttpRequest, upload: Upload, action: str) -> HttpResponse:
             services.upload_cancel(upload=upload, user=request.user)
             messages.success(request, "Cancellation requested.")
         elif action == "revert":
-            reverted = services.upload_revert(upload=upload, user=request.user)
-            messages.success(request, f"Reverted: {reverted.events_reverted} events cancelled.")
+            services.upload_revert_request(upload=upload, user=request.user)
+            messages.success(
+                request, "Revert started: every event of this upload is being cancelled."
+            )
         else:
             imported = services.upload_import_validated(upload=upload, user=request.user)
             messages.success(request, "Import started from the validated file.")

@@ -150,10 +150,11 @@ def test_revert_cancels_every_event_and_updates_rollups(
     upload = wait_for(post_upload(finance_client, mixed_file()))
     assert rollup_total(api_meter)[1] == 4
 
-    finance_client.post(f"/uploads/{upload.pk}/revert/")
+    response = finance_client.post(f"/uploads/{upload.pk}/revert/", follow=True)
+    assert "Revert started" in response.content.decode()
 
-    upload.refresh_from_db()
-    assert upload.reverted_at is not None and upload.events_reverted == 6
+    upload = wait_for(upload, lambda upload: upload.reverted_at is not None)
+    assert upload.events_reverted == 6
     assert counted_events(api_meter) == counted_events(count_meter) == 0
     assert rollup_total(api_meter) == (Decimal(0), 0)
     page = finance_client.get(upload.get_absolute_url()).content.decode()
@@ -161,7 +162,8 @@ def test_revert_cancels_every_event_and_updates_rollups(
     assert f"Reverted by <strong>{who}</strong>" in page
     assert AuditEntry.objects.filter(target_id=str(upload.pk), action="revert").exists()
     # Twice is refused.
-    finance_client.post(f"/uploads/{upload.pk}/revert/")
+    response = finance_client.post(f"/uploads/{upload.pk}/revert/", follow=True)
+    assert "can be reverted" in response.content.decode()
     upload.refresh_from_db()
     assert upload.events_reverted == 6
 

@@ -3,14 +3,17 @@ test process here (the worker tests cover the asynchronous path)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from meters.models import Meter
 from tests.factories import MeterFactory
 from tests.uploads.conftest import HEADER, day, post_upload
 from uploads.models import Upload
-from uploads.services import upload_process
+from uploads.services import upload_process, upload_revert, uploads_requeue_stale
 
 pytestmark = pytest.mark.django_db
 
@@ -140,3 +143,31 @@ def test_validate_only_failed_and_cancelled_cannot_be_reverted(
     assert "can be reverted" in response.content.decode()
     upload.refresh_from_db()
     assert upload.reverted_at is None
+
+
+def test_revert_is_carried_out_by_a_worker_and_the_page_follows_it(
+    finance_client: Client, api_meter: Meter, customers
+) -> None:
+    upload = post_upload(finance_client, (HEADER + f"{day()},api_calls,cus_1,4\n").encode())
+    upload_process(upload_id=upload.pk)
+
+    response = finance_client.post(f"/uploads/{upload.pk}/revert/", follow=True)
+    page = response.content.decode()
+    assert "Revert started" in page and 'id="reverting"' in page
+    assert f"/uploads/{upload.pk}/revert/" not in page  # no second revert button
+    live = finance_client.get(upload.get_absolute_url(), **HTMX)
+    assert live.status_code == 200 and 'hx-trigger="every 1s"' in live.content.decode()
+    # Asked twice: refused, and still one revert on its way.
+    again = finance_client.post(f"/uploads/{upload.pk}/revert/", follow=True)
+    assert "already on its way" in again.content.decode()
+    # The broker lost the message: the periodic re-queue sends it again.
+    later = timezone.now() + timedelta(hours=1)
+    assert upload.pk in uploads_requeue_stale(now=later)
+
+    upload_revert(upload_id=upload.pk)  # what the worker's task runs
+    upload_revert(upload_id=upload.pk)  # a redelivered message does nothing more
+    upload.refresh_from_db()
+    assert upload.events_reverted == 1
+    live = finance_client.get(upload.get_absolute_url(), **HTMX)
+    assert live.status_code == 286 and 'id="reverted"' in live.content.decode()
+    assert upload.pk not in uploads_requeue_stale(now=later)
