@@ -89,11 +89,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -193,6 +194,44 @@ class RejectionInput:
     event_name: str = ""
     customer_ref: str = ""
     raw: Mapping[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class EventColumns:
+    """Many events in columns, as a file source reads them: the same fields as ``EventInput``,
+    without an object per event. ``payload`` maps each payload key to its values, one per
+    event, stripped, with "" where the event has none."""
+
+    event_names: list[str]
+    timestamps: list[int]  # Unix seconds (UTC)
+    identifiers: list[str]  # "": the core generates one
+    payload: dict[str, list[str]]
+    lines: list[int]
+    raws: list[Mapping[str, str]]  # the original rows, kept with a rejection
+
+    def __len__(self) -> int:
+        return len(self.event_names)
+
+    def event_input(self, index: int) -> EventInput:
+        payload = {key: values[index] for key, values in self.payload.items() if values[index]}
+        return EventInput(
+            event_name=self.event_names[index],
+            payload=payload,
+            identifier=self.identifiers[index] or None,
+            timestamp=datetime.fromtimestamp(self.timestamps[index], tz=UTC),
+            line=self.lines[index],
+            raw=self.raws[index],
+        )
+
+
+@dataclass(slots=True)
+class IngestCounts:
+    """What ``meter_events_ingest_columns`` did: counts, not one result per event."""
+
+    accepted: int
+    duplicates: int
+    rejected: int
+    totals_by_meter: dict[int, MeterTotal]
 
 
 # --- Batches ---------------------------------------------------------------------------------
@@ -463,12 +502,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def _load_context(events: Sequence[EventInput], now: datetime) -> _Context:
-    # Names and IDs with NUL match nothing (and PostgreSQL refuses them as parameters).
     cleaned = {name: _clean(name) for name in {event.event_name for event in events}}
-    names = {n for n in cleaned.values() if n and "\x00" not in n}
-    meters: dict[str, Meter] = {}
-    for chunk in _chunks(sorted(names), _IN_CHUNK):
-        meters.update((m.event_name, m) for m in Meter.objects.filter(event_name__in=chunk))
+    meters = _meters_named(cleaned.values())
     key_of = {
         name: meters[clean].customer_mapping_key
         for name, clean in cleaned.items()
@@ -478,11 +513,23 @@ def _load_context(events: Sequence[EventInput], now: datetime) -> _Context:
     for event in events:
         key = key_of.get(event.event_name)
         if key is not None:
-            ref = _clean(event.payload.get(key))
-            if ref and "\x00" not in ref:
-                refs.add(ref)
+            refs.add(_clean(event.payload.get(key)))
+    return _context_build(now, meters, refs)
+
+
+def _meters_named(names: Iterable[str]) -> dict[str, Meter]:
+    # Names and IDs with NUL match nothing (and PostgreSQL refuses them as parameters).
+    usable = {name for name in names if name and "\x00" not in name}
+    meters: dict[str, Meter] = {}
+    for chunk in _chunks(sorted(usable), _IN_CHUNK):
+        meters.update((m.event_name, m) for m in Meter.objects.filter(event_name__in=chunk))
+    return meters
+
+
+def _context_build(now: datetime, meters: dict[str, Meter], refs: Iterable[str]) -> _Context:
+    usable = {ref for ref in refs if ref and "\x00" not in ref}
     customers: dict[str, int] = {}
-    for chunk in _chunks(sorted(refs), _IN_CHUNK):
+    for chunk in _chunks(sorted(usable), _IN_CHUNK):
         customers.update(
             Customer.objects.filter(external_id__in=chunk).values_list("external_id", "pk")
         )
@@ -695,6 +742,361 @@ def _window_of(meter: Meter, timestamp: datetime) -> tuple[datetime, datetime]:
     return hour, hour + timedelta(hours=1)
 
 
+# --- Many events in columns (file sources) ----------------------------------------------------
+# The common row of a file -- an active meter, a known customer, a plain decimal value, a
+# timestamp in range, an identifier seen once -- is checked by a few comparisons here and
+# written with COPY. Every other row goes through ``_validate``, the same function every
+# source uses, so codes, messages and the order of checks are the same on both paths.
+_PLAIN_VALUE = re.compile(r"\d+(?:\.\d+)?")  # at most 15 characters: at most 15 digits
+_JSON_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def meter_events_ingest_columns(
+    *, columns: EventColumns, batch: EventBatch, now: datetime | None = None
+) -> IngestCounts:
+    """``meter_events_ingest`` for events in columns: the same validation, deduplication,
+    storage and rollups, with counts instead of one result per event. On PostgreSQL new
+    events go straight into the events table with COPY; SQLite, dry runs and meters with an
+    event time window take the per-event path."""
+    with gc_paused():
+        now = (now or timezone.now()).astimezone(UTC)
+        meters = _meters_named(set(columns.event_names))
+        if (
+            connection.vendor != "postgresql"
+            or batch.dry_run
+            or any(meter.event_time_window for meter in meters.values())
+        ):
+            events = [columns.event_input(index) for index in range(len(columns))]
+            report = _events_ingest(events, batch, now)
+            return IngestCounts(
+                report.accepted, report.duplicates, report.rejected, report.totals_by_meter
+            )
+        return _columns_ingest_postgres(columns, batch, now, meters)
+
+
+@dataclass(slots=True)
+class _Accepted:
+    """Candidates in columns, in input order."""
+
+    positions: list[int] = field(default_factory=list)
+    identifiers: list[str] = field(default_factory=list)
+    meters: list[Meter] = field(default_factory=list)
+    customer_ids: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+    payloads: list[str] = field(default_factory=list)  # JSON
+
+    def add(
+        self,
+        position: int,
+        identifier: str,
+        meter: Meter,
+        customer_id: int,
+        timestamp: int,
+        value: str,
+        payload: str,
+    ) -> None:
+        self.positions.append(position)
+        self.identifiers.append(identifier)
+        self.meters.append(meter)
+        self.customer_ids.append(customer_id)
+        self.timestamps.append(timestamp)
+        self.values.append(value)
+        self.payloads.append(payload)
+
+
+def _columns_ingest_postgres(
+    columns: EventColumns, batch: EventBatch, now: datetime, meters: dict[str, Meter]
+) -> IngestCounts:
+    refs: set[str] = set()
+    for key in {meter.customer_mapping_key for meter in meters.values()}:
+        refs.update(columns.payload.get(key, ()))
+    ctx = _context_build(now, meters, refs)
+    customers = ctx.customers
+    # Whole seconds: the first one not before ``oldest``, the last one not after ``newest``.
+    oldest = int(ctx.oldest.timestamp()) + (1 if ctx.oldest.microsecond else 0)
+    newest = int(ctx.newest.timestamp())
+    names, identifiers = columns.event_names, columns.identifiers
+    timestamps, payload = columns.timestamps, columns.payload
+    empty = [""] * len(columns)
+    # Per meter: its customer and value columns, and whether a missing value counts as 1.
+    specs = {
+        name: (
+            meter,
+            payload.get(meter.customer_mapping_key, empty),
+            payload.get(meter.value_settings_key, empty),
+            meter.aggregation_formula == Meter.Formula.COUNT,
+        )
+        for name, meter in meters.items()
+        if meter.is_active
+    }
+    rejections: list[EventRejection] = []
+    counts = IngestCounts(0, 0, 0, {})
+    accepted = _Accepted()
+    first_at: dict[str, int] = {}  # identifier -> its index in ``accepted``
+
+    def reject(index: int, code: Code, message: str, param: str, meter: Meter | None) -> None:
+        event = columns.event_input(index)
+        customer_ref = _clean(event.payload.get(meter.customer_mapping_key)) if meter else ""
+        rejections.append(
+            EventRejection(
+                batch=batch,
+                line=event.line,
+                column=_storable(param),
+                code=code.value,
+                message=_storable(message),
+                identifier=_storable((event.identifier or "")[:255]),
+                event_name=_storable(_clean(event.event_name)[:255]),
+                meter=meter,
+                customer_ref=_storable(customer_ref[:255]),
+                raw=_raw_of(event),
+            )
+        )
+        counts.rejected += 1
+
+    payload_keys = [_JSON.encode(key) + ':"' for key in payload]
+    value_columns = list(payload.values())
+
+    def plain_payload_json(index: int) -> str | None:
+        """The payload's JSON, or None when a value needs escaping (then the row takes the
+        per-event path, which also refuses what jsonb cannot hold)."""
+        values = [column[index] for column in value_columns]
+        if _JSON_NEEDS_ESCAPE.search("".join(values)):
+            return None
+        parts = [
+            key + value + '"' for key, value in zip(payload_keys, values, strict=True) if value
+        ]
+        return "{" + ",".join(parts) + "}"
+
+    for index, name in enumerate(names):
+        spec = specs.get(name)
+        identifier = identifiers[index]
+        timestamp = timestamps[index]
+        if spec is not None and oldest <= timestamp <= newest and len(identifier) <= 100:
+            meter, customer_column, value_column, counts_events = spec
+            customer_id = customers.get(customer_column[index])
+            value = value_column[index]
+            if not value and counts_events:
+                value = "1"
+            payload_json = None
+            if (
+                customer_id is not None
+                and len(value) <= MAX_VALUE_DIGITS
+                and _PLAIN_VALUE.fullmatch(value)
+                and "\\" not in identifier
+                and "\x00" not in identifier
+            ):
+                payload_json = plain_payload_json(index)
+            candidate = None if payload_json is None else (meter, customer_id, timestamp, value)
+        else:
+            candidate = None
+        if candidate is None:  # anything unusual: the exact, per-event checks
+            try:
+                checked = _validate(index, columns.event_input(index), ctx)
+            except _Rejected as rejected:
+                reject(
+                    index,
+                    rejected.code,
+                    rejected.message,
+                    rejected.param,
+                    ctx.meters.get(_clean(name)),
+                )
+                continue
+            identifier = checked.identifier
+            candidate = (
+                checked.meter,
+                checked.customer_id,
+                int(checked.timestamp.timestamp()),
+                str(checked.value),
+            )
+            payload_json = checked.payload_json
+        if not identifier:
+            identifier = new_identifier()
+        earlier = first_at.get(identifier)
+        if earlier is not None:
+            differences = _differences(accepted, earlier, *candidate)
+            if differences:
+                reject(
+                    index,
+                    Code.DUPLICATE_CONFLICT,
+                    _conflict_message(identifier, differences, "earlier in this batch"),
+                    "identifier",
+                    candidate[0],
+                )
+            else:
+                counts.duplicates += 1
+            continue
+        first_at[identifier] = len(accepted.positions)
+        accepted.add(index, identifier, *candidate, payload_json)
+
+    with transaction.atomic():
+        stored = _columns_write_postgres(accepted, batch, now, first_at, columns.lines)
+        for position, row in stored.items():
+            differences = _differences(accepted, position, *_stored_as_columns(row))
+            if differences:
+                identifier = accepted.identifiers[position]
+                reject(
+                    accepted.positions[position],
+                    Code.DUPLICATE_CONFLICT,
+                    _conflict_message(identifier, differences, "already"),
+                    "identifier",
+                    accepted.meters[position],
+                )
+            else:
+                counts.duplicates += 1
+        totals: dict[int, MeterTotal] = defaultdict(MeterTotal)
+        pairs: set[tuple[int, int]] = set()
+        days: set[tuple[int, int]] = set()
+        for position, meter in enumerate(accepted.meters):
+            if position in stored:
+                continue
+            total = totals[meter.pk]
+            total.event_count += 1
+            total.value_sum += Decimal(accepted.values[position])
+            pairs.add((meter.pk, accepted.customer_ids[position]))
+            days.add((meter.pk, accepted.timestamps[position] // 86400))
+        counts.accepted = len(accepted.positions) - len(stored)
+        counts.totals_by_meter = dict(totals)
+        EventRejection.objects.bulk_create(rejections, batch_size=1000)
+        from meters.alerts import usage_alerts_schedule
+
+        usage_alerts_schedule(pairs=pairs)
+        usage_days_mark_stale(
+            keys={(meter_pk, date.fromordinal(_EPOCH_ORDINAL + day)) for meter_pk, day in days}
+        )
+    return counts
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def _differences(
+    accepted: _Accepted,
+    position: int,
+    meter: Meter | int,
+    customer_id: int,
+    timestamp: int,
+    value: str | Decimal,
+) -> list[str]:
+    """What differs between an accepted candidate and another event with its identifier."""
+    different = []
+    meter_pk = meter if isinstance(meter, int) else meter.pk
+    if meter_pk != accepted.meters[position].pk:
+        different.append("event_name")
+    if customer_id != accepted.customer_ids[position]:
+        different.append("customer")
+    if timestamp != accepted.timestamps[position]:
+        different.append("timestamp")
+    if Decimal(value) != Decimal(accepted.values[position]):
+        different.append("value")
+    return different
+
+
+def _stored_as_columns(row: StoredRow) -> tuple[int, int, int, Decimal]:
+    meter_id, customer_id, timestamp, value = row
+    return meter_id, customer_id, int(timestamp.timestamp()), value
+
+
+def _columns_write_postgres(
+    accepted: _Accepted,
+    batch: EventBatch,
+    now: datetime,
+    first_at: dict[str, int],
+    source_lines: list[int],
+) -> dict[int, StoredRow]:
+    """Store the new events of ``accepted`` and their rollups; return {position: stored row}
+    for the identifiers already taken."""
+    count = len(accepted.positions)
+    if not count:
+        return {}
+    with connection.cursor() as cursor:
+        # Already stored identifiers (a re-sent file): a sample probe, then a full one.
+        step = max(1, count // _PROBE_SAMPLE)
+        stored: dict[str, StoredRow] = {}
+        for probe in (
+            (accepted.identifiers[::step], accepted.identifiers)
+            if step > 1
+            else (accepted.identifiers,)
+        ):
+            stored = _pg_stored(cursor, probe)
+            if not stored:
+                break
+        existing = {first_at[identifier]: row for identifier, row in stored.items()}
+        new = [position for position in range(count) if position not in existing]
+        if not new:
+            return existing
+        _pg_lock_parents(
+            cursor,
+            meter_ids={accepted.meters[p].pk for p in new},
+            customer_ids={accepted.customer_ids[p] for p in new},
+            batch_id=batch.pk,
+        )
+        ids = _pg_event_ids(cursor, len(new))  # ascending, in input order: receipt order
+        event_id = dict(zip(new, ids, strict=True))
+        received = now.isoformat()
+        # In identifier order: the unique index is filled in order, and two batches sharing
+        # identifiers wait for each other instead of deadlocking.
+        new.sort(key=accepted.identifiers.__getitem__)
+        lines = [
+            f"{event_id[p]}\t{_copy_text(accepted.identifiers[p])}\t{accepted.meters[p].pk}\t"
+            f"{accepted.customer_ids[p]}\t{_iso(accepted.timestamps[p])}\t{accepted.values[p]}\t"
+            f"{_copy_text(accepted.payloads[p])}\t{batch.pk}\t{received}\t"
+            f"{source_lines[accepted.positions[p]]}\tf\n"
+            for p in new
+        ]
+        savepoint = transaction.savepoint()
+        try:
+            with cursor.copy(
+                "COPY meters_meterevent (id, identifier, meter_id, customer_id, timestamp, "
+                "value, payload, batch_id, received_at, line, superseded) FROM STDIN"
+            ) as copy:
+                for chunk in _chunks(lines, 5000):
+                    copy.write("".join(chunk))
+        except psycopg.errors.UniqueViolation:
+            # Another batch stored some of these identifiers meanwhile: the staged path
+            # compares each with the stored event.
+            transaction.savepoint_rollback(savepoint)
+            staged = _columns_write_staged(accepted, new, batch, now, source_lines)
+            return existing | staged
+        transaction.savepoint_commit(savepoint)
+        _pg_rollups_merge(
+            cursor,
+            "SELECT meter_id, customer_id, date_trunc('hour', timestamp, 'UTC') AS lock_hour, "
+            "value, timestamp AS ts, id FROM meters_meterevent "
+            "WHERE id BETWEEN %s AND %s AND batch_id = %s",
+            [ids[0], ids[-1], batch.pk],
+        )
+    return existing
+
+
+def _columns_write_staged(
+    accepted: _Accepted,
+    positions: list[int],
+    batch: EventBatch,
+    now: datetime,
+    source_lines: list[int],
+) -> dict[int, StoredRow]:
+    candidates = [
+        _Candidate(
+            index=position,
+            identifier=accepted.identifiers[position],
+            meter=accepted.meters[position],
+            customer_id=accepted.customer_ids[position],
+            timestamp=datetime.fromtimestamp(accepted.timestamps[position], tz=UTC),
+            timestamp_given=True,
+            value=Decimal(accepted.values[position]),
+            payload=json.loads(accepted.payloads[position]),
+            line=source_lines[accepted.positions[position]],
+        )
+        for position in sorted(positions)
+    ]
+    return _write_postgres(candidates, batch, now)
+
+
+def _iso(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
+
+
 # --- PostgreSQL: COPY into a staging table, set-based insert and rollups ----------------------
 _STAGE_COLUMNS = "id, identifier, meter_id, customer_id, ts, value, payload, line, lock_hour, rend"
 
@@ -770,28 +1172,10 @@ def _write_postgres(
             "WHERE windowed",
         )
         # Raw meters: merge the new events into their hours.
-        cursor.execute(
-            "INSERT INTO meters_usagerollup AS r (meter_id, customer_id, hour, value_sum, "
-            "event_count, last_value, last_timestamp, last_event_id) "
-            "SELECT a.meter_id, a.customer_id, a.lock_hour, a.total, a.events, l.value, l.ts, "
-            "l.id FROM (SELECT meter_id, customer_id, lock_hour, sum(value) AS total, "
-            "count(*) AS events FROM meter_event_stage WHERE NOT windowed GROUP BY 1, 2, 3) a "
-            "JOIN (SELECT DISTINCT ON (meter_id, customer_id, lock_hour) meter_id, customer_id, "
-            "lock_hour, value, ts, id FROM meter_event_stage WHERE NOT windowed "
-            "ORDER BY meter_id, customer_id, lock_hour, ts DESC, id DESC) l "
-            "USING (meter_id, customer_id, lock_hour) ORDER BY 1, 2, 3 "
-            "ON CONFLICT (meter_id, customer_id, hour) DO UPDATE SET "
-            "value_sum = r.value_sum + EXCLUDED.value_sum, "
-            "event_count = r.event_count + EXCLUDED.event_count, "
-            "last_value = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
-            "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
-            "THEN EXCLUDED.last_value ELSE r.last_value END, "
-            "last_event_id = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
-            "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
-            "THEN EXCLUDED.last_event_id ELSE r.last_event_id END, "
-            "last_timestamp = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
-            "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
-            "THEN EXCLUDED.last_timestamp ELSE r.last_timestamp END"
+        _pg_rollups_merge(
+            cursor,
+            "SELECT meter_id, customer_id, lock_hour, value, ts, id FROM meter_event_stage "
+            "WHERE NOT windowed",
         )
         # Windowed meters: re-decide which event counts in each touched window.
         cursor.execute("DROP TABLE IF EXISTS meter_rollup_ranges")
@@ -803,6 +1187,35 @@ def _write_postgres(
         _pg_recompute(cursor, windows=True)
         cursor.execute("DROP TABLE meter_event_stage")
     return existing
+
+
+def _pg_rollups_merge(cursor: Any, source_sql: str, params: Sequence[Any] = ()) -> None:
+    """Merge new events of raw meters into their hourly rollups. ``source_sql`` selects them
+    as (meter_id, customer_id, lock_hour, value, ts, id). One aggregation pass, no join (the
+    planner cannot estimate rows inserted moments ago). Upserted in sorted key order, which
+    takes the rollups' row locks in that order."""
+    cursor.execute(
+        f"WITH source AS ({source_sql}) "
+        "INSERT INTO meters_usagerollup AS r (meter_id, customer_id, hour, value_sum, "
+        "event_count, last_value, last_timestamp, last_event_id) "
+        "SELECT meter_id, customer_id, lock_hour, sum(value), count(*), "
+        "(array_agg(value ORDER BY ts DESC, id DESC))[1], max(ts), "
+        "(array_agg(id ORDER BY ts DESC, id DESC))[1] "
+        "FROM source GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
+        "ON CONFLICT (meter_id, customer_id, hour) DO UPDATE SET "
+        "value_sum = r.value_sum + EXCLUDED.value_sum, "
+        "event_count = r.event_count + EXCLUDED.event_count, "
+        "last_value = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
+        "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
+        "THEN EXCLUDED.last_value ELSE r.last_value END, "
+        "last_event_id = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
+        "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
+        "THEN EXCLUDED.last_event_id ELSE r.last_event_id END, "
+        "last_timestamp = CASE WHEN r.last_timestamp IS NULL OR (EXCLUDED.last_timestamp, "
+        "EXCLUDED.last_event_id) > (r.last_timestamp, r.last_event_id) "
+        "THEN EXCLUDED.last_timestamp ELSE r.last_timestamp END",
+        params,
+    )
 
 
 _PROBE_SAMPLE = 256  # identifiers in the sample probe for already stored events

@@ -25,6 +25,7 @@ core anyway.
 
 from __future__ import annotations
 
+import calendar
 import csv
 import gzip
 import hashlib
@@ -38,7 +39,7 @@ from typing import IO
 
 import numpy as np
 
-from meters.ingestion import EventInput
+from meters.ingestion import EventColumns, EventInput
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -475,98 +476,114 @@ class RowBuilder:
         self.occurrences = OccurrenceCounter()
 
     def build(self, chunk: list[Record]) -> list[ParsedRow]:
-        rows: list[ParsedRow | None] = []
-        # Rows waiting for a derived identifier: (position, digest, event parts).
-        pending: list[tuple[int, bytes, tuple[str, dict[str, str], datetime, int, RawRow]]] = []
+        """The chunk's rows one by one, in file order (``build_columns`` as objects)."""
+        built = self.build_columns(chunk)
+        columns = built.columns
+        rows = [
+            ParsedRow(columns.lines[index], columns.raws[index], event=columns.event_input(index))
+            for index in range(len(columns))
+        ]
+        return sorted([*rows, *built.errors], key=lambda row: row.line)
+
+    def build_columns(self, chunk: list[Record]) -> BuiltChunk:
+        """The chunk's events in columns for the core, and the parser's own errors."""
         header = self.header
+        width = self.width
+        event_index, timestamp_index = self.event_index, self.timestamp_index
+        identifier_index = self.identifier_index
+        payload_columns = self.payload_columns
+        lines: list[int] = []
+        names: list[str] = []
+        timestamps: list[int] = []
+        identifiers: list[str] = []
+        raws: list[Mapping[str, str]] = []
+        values: list[list[str]] = [[] for _ in payload_columns]
+        errors: list[ParsedRow] = []
+        derive: list[int] = []  # rows whose identifier is derived from their content
+        digests: list[bytes] = []
         for record in chunk:
             if record.error:
-                rows.append(ParsedRow(record.line, {}, error=record.error))
+                errors.append(ParsedRow(record.line, {}, error=record.error))
                 continue
             fields = record.fields
             if "'" in "".join(fields):  # rare: only then look for escaped cells
                 fields = [unescape_cell(value) for value in fields]
             raw = RawRow(header, fields)
-            if len(fields) != self.width:
-                extra = fields[self.width :]
-                message = (
-                    f"This line has {len(fields)} values but the header has {self.width} columns."
-                )
+            if len(fields) != width:
+                extra = fields[width:]
+                message = f"This line has {len(fields)} values but the header has {width} columns."
                 if extra:
                     message += f" Extra values: {', '.join(extra)[:500]}"
-                rows.append(
+                errors.append(
                     ParsedRow(record.line, raw, error=RowError("row_column_count", message))
                 )
                 continue
-            event_name = fields[self.event_index].strip()
+            event_name = fields[event_index].strip()
             if not event_name:
-                rows.append(
-                    ParsedRow(
-                        record.line,
-                        raw,
-                        error=RowError("event_name_missing", "event_name is empty.", "event_name"),
-                    )
-                )
+                error = RowError("event_name_missing", "event_name is empty.", "event_name")
+                errors.append(ParsedRow(record.line, raw, error=error))
                 continue
-            timestamp_text = fields[self.timestamp_index].strip()
+            timestamp_text = fields[timestamp_index].strip()
             if not timestamp_text:
-                rows.append(
-                    ParsedRow(
-                        record.line,
-                        raw,
-                        error=RowError("timestamp_missing", "timestamp is empty.", "timestamp"),
+                error = RowError("timestamp_missing", "timestamp is empty.", "timestamp")
+                errors.append(ParsedRow(record.line, raw, error=error))
+                continue
+            if timestamp_text.isascii() and timestamp_text.isdigit() and len(timestamp_text) <= 11:
+                timestamp = int(timestamp_text)  # Unix seconds: the usual case
+            else:
+                try:
+                    timestamp = unix_seconds(parse_timestamp(timestamp_text))
+                except TimestampError:
+                    error = RowError(
+                        "timestamp_invalid",
+                        f"The timestamp “{timestamp_text[:100]}” is not a date (yyyy-MM-dd), "
+                        f"an ISO 8601 time (2024-09-23T16:22:25+05:30) or Unix seconds.",
+                        "timestamp",
                     )
+                    errors.append(ParsedRow(record.line, raw, error=error))
+                    continue
+            identifier = fields[identifier_index].strip() if identifier_index is not None else ""
+            if not identifier:
+                meter = self.meters.get(event_name)
+                customer = value = ""
+                if meter:
+                    for (index, key), _ in zip(payload_columns, values, strict=True):
+                        if key == meter.customer_key:
+                            customer = fields[index].strip()
+                        elif key == meter.value_key:
+                            value = fields[index].strip()
+                content = "\x1f".join(
+                    (event_name, customer, str(timestamp), normalized_value(value))
                 )
-                continue
-            try:
-                timestamp = parse_timestamp(timestamp_text)
-            except TimestampError:
-                rows.append(
-                    ParsedRow(
-                        record.line,
-                        raw,
-                        error=RowError(
-                            "timestamp_invalid",
-                            f"The timestamp “{timestamp_text[:100]}” is not a date "
-                            f"(yyyy-MM-dd), an ISO 8601 time (2024-09-23T16:22:25+05:30) "
-                            f"or Unix seconds.",
-                            "timestamp",
-                        ),
-                    )
-                )
-                continue
-            payload = {}
-            for index, key in self.payload_columns:
-                value = fields[index]
-                if value:
-                    value = value.strip()
-                    if value:
-                        payload[key] = value
-            identifier = (
-                fields[self.identifier_index].strip() if self.identifier_index is not None else ""
-            )
-            if identifier:
-                event = EventInput(event_name, payload, identifier, timestamp, record.line, raw)
-                rows.append(ParsedRow(record.line, raw, event=event))
-                continue
-            meter = self.meters.get(event_name)
-            digest = content_digest(
-                event_name=event_name,
-                customer=payload.get(meter.customer_key, "") if meter else "",
-                timestamp=timestamp,
-                value=payload.get(meter.value_key, "") if meter else "",
-            )
-            pending.append((len(rows), digest, (event_name, payload, timestamp, record.line, raw)))
-            rows.append(None)
-        if pending:
-            keys = [int.from_bytes(digest[:8], "big") for _, digest, _ in pending]
+                derive.append(len(lines))
+                digests.append(hashlib.blake2b(content.encode(), digest_size=16).digest())
+            lines.append(record.line)
+            names.append(event_name)
+            timestamps.append(timestamp)
+            identifiers.append(identifier)
+            raws.append(raw)
+            for (index, _), column in zip(payload_columns, values, strict=True):
+                column.append(fields[index].strip())
+        if derive:
+            keys = [int.from_bytes(digest[:8], "big") for digest in digests]
             occurrences = self.occurrences.count(keys)
-            for (position, digest, parts), occurrence in zip(pending, occurrences, strict=True):
-                event_name, payload, timestamp, line, raw = parts
-                identifier = derived_identifier(digest, occurrence)
-                event = EventInput(event_name, payload, identifier, timestamp, line, raw)
-                rows[position] = ParsedRow(line, raw, event=event)
-        return [row for row in rows if row is not None]
+            for position, digest, occurrence in zip(derive, digests, occurrences, strict=True):
+                identifiers[position] = derived_identifier(digest, occurrence)
+        payload = {key: column for (_, key), column in zip(payload_columns, values, strict=True)}
+        columns = EventColumns(names, timestamps, identifiers, payload, lines, raws)
+        return BuiltChunk(columns=columns, errors=errors, records=len(chunk))
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltChunk:
+    columns: EventColumns
+    errors: list[ParsedRow]  # the parser's own errors (not UTF-8 CSV, bad timestamp...)
+    records: int  # records read, events and errors together
+
+
+def unix_seconds(moment: datetime) -> int:
+    """Whole Unix seconds of an aware time, rounded down like the core's truncation."""
+    return calendar.timegm(moment.utctimetuple())
 
 
 def chunked(iterable: Iterable[Record], size: int) -> Iterator[list[Record]]:

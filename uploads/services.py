@@ -33,13 +33,12 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from meters.ingestion import (
-    EventInput,
     RejectionInput,
     event_batch_cancel,
     event_batch_create,
     event_rejections_record,
     gc_paused,
-    meter_events_ingest,
+    meter_events_ingest_columns,
 )
 from meters.models import AuditEntry, EventBatch, Meter
 from meters.services import audit_record
@@ -404,18 +403,18 @@ def _process(upload: Upload, token: str) -> None:
         resume_at = upload.records_committed
         for chunk in parsing.chunked(record_iter, chunk_rows()):
             if position + len(chunk) <= resume_at:
-                builder.build(chunk)  # keeps the identical-row counts right
+                builder.build_columns(chunk)  # keeps the identical-row counts right
                 position += len(chunk)
                 continue
             if position < resume_at:  # chunk size changed between runs
-                builder.build(chunk[: resume_at - position])
+                builder.build_columns(chunk[: resume_at - position])
                 chunk = chunk[resume_at - position :]
                 position = resume_at
             with gc_paused():  # the chunk's rows too, not only the core's objects
-                rows = builder.build(chunk)
-                if not _commit_chunk(upload.pk, token, rows, start=position):
+                built = builder.build_columns(chunk)
+                if not _commit_chunk(upload.pk, token, built, start=position):
                     return
-                del rows
+                del built
             position += len(chunk)
     except parsing.FileProblem as error:
         # The first pass read the same bytes, so only a file changed underneath gets here.
@@ -446,7 +445,7 @@ def _rejection_of(row: parsing.ParsedRow) -> RejectionInput:
     )
 
 
-def _commit_chunk(upload_id: int, token: str, rows: list[parsing.ParsedRow], *, start: int) -> bool:
+def _commit_chunk(upload_id: int, token: str, built: parsing.BuiltChunk, *, start: int) -> bool:
     """Ingest one chunk and record the progress in one transaction. False: stop (cancelled)."""
     with transaction.atomic():
         if connection.vendor == "postgresql":
@@ -464,13 +463,12 @@ def _commit_chunk(upload_id: int, token: str, rows: list[parsing.ParsedRow], *, 
         if upload.cancel_requested_at is not None:
             _finish(upload, Upload.Status.CANCELLED, now=now)
             return False
-        events: list[EventInput] = [row.event for row in rows if row.event is not None]
-        parse_failures = [_rejection_of(row) for row in rows if row.error is not None]
+        parse_failures = [_rejection_of(row) for row in built.errors]
         if parse_failures:
             event_rejections_record(batch=upload.batch, rejections=parse_failures)
         totals = upload.meter_totals
-        if events:
-            report = meter_events_ingest(events=events, batch=upload.batch)
+        if len(built.columns):
+            report = meter_events_ingest_columns(columns=built.columns, batch=upload.batch)
             upload.rows_imported += report.accepted
             upload.rows_duplicate += report.duplicates
             upload.rows_failed += report.rejected
@@ -479,8 +477,8 @@ def _commit_chunk(upload_id: int, token: str, rows: list[parsing.ParsedRow], *, 
                 entry["events"] += total.event_count
                 entry["value"] = str(Decimal(entry["value"]) + total.value_sum)
         upload.rows_failed += len(parse_failures)
-        upload.rows_read += len(rows)
-        upload.records_committed = start + len(rows)
+        upload.rows_read += built.records
+        upload.records_committed = start + built.records
         upload.meter_totals = totals
         upload.heartbeat_at = now
         upload.save(
