@@ -1,0 +1,152 @@
+"""Events in columns (file sources) end exactly as they would one by one: the same outcomes,
+rejections, stored events and rollups, on both databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+
+from meters.ingestion import (
+    EventColumns,
+    EventInput,
+    event_batch_create,
+    meter_events_ingest,
+    meter_events_ingest_columns,
+)
+from meters.models import EventBatch, EventRejection, MeterEvent, UsageRollup
+from tests.factories import CustomerFactory, MeterFactory
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 3, 10, 12, 30, 45, tzinfo=UTC)
+T = int((NOW - timedelta(hours=3)).timestamp())
+KEYS = ("stripe_customer_id", "value", "note")
+
+# (event_name, timestamp, identifier, stripe_customer_id, value, note)
+ROWS = [
+    ("api_calls", T, "a-1", "cus_1", "5", ""),
+    ("api_calls", T + 60, "a-2", "cus_1", "2.50", "hello"),
+    ("api_calls", T + 60, "a-2", "cus_1", "2.5", ""),  # same content: a duplicate
+    ("api_calls", T + 90, "a-2", "cus_2", "2.5", ""),  # same identifier, other content
+    ("api_calls", T + 120, "a-3", "cus_404", "1", ""),  # unknown customer
+    ("api_calls", T + 120, "a-4", "cus_2", "-1.5", ""),  # valid, not the plain form
+    ("api_calls", T + 120, "a-5", "cus_2", "1e3", ""),
+    ("api_calls", T + 120, "a-6", "cus_2", "abc", ""),  # not a number
+    ("api_calls", T + 120, "a-7", "cus_2", "1234567890123456", ""),  # too many digits
+    ("api_calls", T + 120, "a-8", "cus_2", "", ""),  # no value
+    ("api_calls", T + 120, "a-9", "", "3", ""),  # no customer
+    ("api_calls", T - 40 * 86400, "a-10", "cus_1", "3", ""),  # too old
+    ("api_calls", T + 86400, "a-11", "cus_1", "3", ""),  # in the future
+    ("api_calls", T + 180, "a-12", "cus_1", "4", 'say "hi" \\ bye'),  # escaped payload
+    ("api_calls", T + 180, "a-13", "cus_1", "4", "\\u0000"),  # jsonb cannot hold it
+    ("api_calls", T + 180, "x" * 101, "cus_1", "4", ""),  # identifier too long
+    ("logins", T + 200, "l-1", "cus_1", "", ""),  # count meter: no value needed
+    ("logins", T + 200, "l-2", "cus_2", "7", ""),
+    ("archived", T + 200, "r-1", "cus_1", "1", ""),
+    ("nothing", T + 200, "n-1", "cus_1", "1", ""),
+    ("storage", T + 200, "s-1", "cus_1", "10", ""),
+    ("storage", T + 300, "s-2", "cus_1", "12", ""),
+    ("api_calls", T + 400, "stored-same", "cus_1", "8", ""),
+    ("api_calls", T + 400, "stored-other", "cus_1", "8", ""),
+]
+
+
+def columns_of(rows: list[tuple]) -> EventColumns:
+    return EventColumns(
+        event_names=[row[0] for row in rows],
+        timestamps=[row[1] for row in rows],
+        identifiers=[row[2] for row in rows],
+        payload={key: [row[3 + n] for row in rows] for n, key in enumerate(KEYS)},
+        lines=list(range(2, len(rows) + 2)),
+        raws=[{"event_name": row[0]} for row in rows],
+    )
+
+
+def snapshot(batch: EventBatch) -> dict[str, object]:
+    events = {
+        e.identifier: (e.meter_id, e.customer_id, e.timestamp, e.value, e.payload, e.line)
+        for e in MeterEvent.objects.filter(batch=batch)
+    }
+    rollups = {
+        (r.meter_id, r.customer_id, r.hour): (r.value_sum, r.event_count, r.last_value)
+        for r in UsageRollup.objects.all()
+        if r.event_count
+    }
+    rejections = sorted(
+        (r.line, r.code, r.column, r.message, r.identifier, r.customer_ref)
+        for r in EventRejection.objects.filter(batch=batch)
+    )
+    return {"events": events, "rollups": rollups, "rejections": rejections}
+
+
+def test_columns_and_single_events_end_the_same(db) -> None:
+    api = MeterFactory(event_name="api_calls")
+    logins = MeterFactory(event_name="logins", aggregation_formula="count")
+    MeterFactory(event_name="storage", aggregation_formula="last")
+    archived = MeterFactory(event_name="archived")
+    archived.status, archived.deactivated_at = "inactive", NOW
+    archived.save()
+    customers = {ref: CustomerFactory(external_id=ref) for ref in ("cus_1", "cus_2")}
+    earlier = event_batch_create(source=EventBatch.Source.API)
+    meter_events_ingest(
+        events=[
+            EventInput("api_calls", {"stripe_customer_id": "cus_1", "value": "8.0"}, ident,
+                       datetime.fromtimestamp(T + 400 + shift, tz=UTC))
+            for ident, shift in (("stored-same", 0), ("stored-other", 5))
+        ],
+        batch=earlier,
+        now=NOW,
+    )  # fmt: skip
+
+    with transaction.atomic():
+        savepoint = transaction.savepoint()
+        batch = event_batch_create(source=EventBatch.Source.CSV)
+        counts = meter_events_ingest_columns(columns=columns_of(ROWS), batch=batch, now=NOW)
+        by_columns = snapshot(batch)
+        transaction.savepoint_rollback(savepoint)
+
+    batch = event_batch_create(source=EventBatch.Source.CSV)
+    columns = columns_of(ROWS)
+    report = meter_events_ingest(
+        events=[columns.event_input(index) for index in range(len(ROWS))], batch=batch, now=NOW
+    )
+    one_by_one = snapshot(batch)
+
+    assert (counts.accepted, counts.duplicates, counts.rejected) == (
+        report.accepted,
+        report.duplicates,
+        report.rejected,
+    )
+    assert (counts.accepted, counts.duplicates, counts.rejected) == (9, 2, 13)
+    assert counts.totals_by_meter == report.totals_by_meter
+    assert counts.totals_by_meter[api.pk].value_sum == Decimal("1010.0")
+    assert counts.totals_by_meter[logins.pk].event_count == 2
+    assert by_columns == one_by_one
+    assert by_columns["events"]["a-12"][4] == {
+        "stripe_customer_id": "cus_1",
+        "value": "4",
+        "note": 'say "hi" \\ bye',
+    }
+    assert customers["cus_1"].pk == by_columns["events"]["a-1"][1]
+
+
+def test_an_identifier_the_sample_probe_missed_is_still_a_duplicate(db) -> None:
+    api = MeterFactory(event_name="api_calls")
+    CustomerFactory(external_id="cus_1")
+    rows = [("api_calls", T + n, f"id-{n:04d}", "cus_1", "1", "") for n in range(1000)]
+    # Stored before, by another source: one identifier the sample (every third) skips.
+    meter_events_ingest(
+        events=[columns_of(rows).event_input(1)],
+        batch=event_batch_create(source=EventBatch.Source.API),
+        now=NOW,
+    )
+
+    batch = event_batch_create(source=EventBatch.Source.CSV)
+    counts = meter_events_ingest_columns(columns=columns_of(rows), batch=batch, now=NOW)
+
+    assert (counts.accepted, counts.duplicates, counts.rejected) == (999, 1, 0)
+    assert MeterEvent.objects.filter(meter=api).count() == 1000
+    assert UsageRollup.objects.get(meter=api).event_count == 1000
