@@ -143,50 +143,107 @@ def open_decompressed(binary: IO[bytes]) -> IO[bytes]:
     return buffered
 
 
-def text_lines(binary: IO[bytes], *, max_bytes: int, max_line_bytes: int) -> Iterator[str]:
-    """Decoded physical lines, keeping their line endings, for ``csv.reader``.
+_BLOCK_BYTES = 1024 * 1024
 
-    Memory stays bounded by ``max_line_bytes``: a longer line is consumed in pieces and
-    replaced by ``OVERLONG_MARK``. Raises ``FileProblem`` for binary content, text that is
-    not UTF-8, a corrupt gzip stream, or content beyond ``max_bytes``.
+
+def text_lines(
+    binary: IO[bytes], *, max_bytes: int, max_line_bytes: int, block_bytes: int = _BLOCK_BYTES
+) -> Iterator[str]:
+    """Decoded physical lines (split at "\\n" only), keeping their line endings, for
+    ``csv.reader``.
+
+    Read and decoded in blocks of 1 MB, so the per-line work is one string operation. Memory
+    stays bounded by ``max_line_bytes``: a longer line is dropped as it is read and replaced
+    by ``OVERLONG_MARK``. Raises ``FileProblem`` for binary content, text that is not UTF-8,
+    a corrupt gzip stream, or content beyond ``max_bytes``.
     """
     total = 0
-    line_number = 0
-    readline = binary.readline
+    line_number = 0  # complete lines so far
+    pending = b""  # the start of a UTF-8 sequence that the next block completes
+    carry = ""  # the current line's start
+    carry_bytes = 0
+    skipping = False  # inside an over-long line: dropped up to its newline
+    short = max(1, max_line_bytes // 4)  # UTF-8: at most 4 bytes a character
     try:
-        while True:
-            chunk = readline(max_line_bytes + 1)
-            if not chunk:
-                return
-            line_number += 1
-            total += len(chunk)
+        while block := binary.read(block_bytes):
+            total += len(block)
             if total > max_bytes:
                 raise FileProblem(_over_limit_reason(max_bytes, decompressed=True))
-            if line_number == 1 and chunk.startswith(UTF8_BOM):
-                chunk = chunk[len(UTF8_BOM) :]
-            if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
-                while chunk and not chunk.endswith(b"\n"):
-                    chunk = readline(max_line_bytes)
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise FileProblem(_over_limit_reason(max_bytes, decompressed=True))
-                yield OVERLONG_MARK + "\n"
-                continue
-            if b"\x00" in chunk:
-                raise FileProblem(
-                    f"This is not a CSV file: line {line_number} contains binary data "
-                    f"(a NUL byte). Upload a CSV text file or a gzip-compressed one (.csv.gz)."
-                )
-            try:
-                yield chunk.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise FileProblem(
-                    f"The file is not UTF-8 text: line {line_number} has bytes that are not "
-                    f"valid UTF-8 (byte {error.start + 1} of the line). It may be Latin-1 or "
-                    f"Windows-1252; save it as “CSV UTF-8” and upload it again."
-                ) from None
+            if total == len(block) and block.startswith(UTF8_BOM):
+                block = block[len(UTF8_BOM) :]
+            if pending:
+                block, pending = pending + block, b""
+            cut = _utf8_complete_end(block)
+            block, pending = block[:cut], block[cut:]
+            text = _decoded(block, line_number, carry_bytes)
+            parts = text.split("\n")
+            last = parts.pop()
+            if not carry and not skipping and (not parts or max(map(len, parts)) <= short):
+                lines = [part + "\n" for part in parts]  # the usual block
+            else:
+                lines = []
+                for part in parts:
+                    if skipping:
+                        lines.append(OVERLONG_MARK + "\n")
+                        skipping = False
+                    else:
+                        line = carry + part
+                        too_long = len(line) > short and len(line.encode()) > max_line_bytes
+                        lines.append(OVERLONG_MARK + "\n" if too_long else line + "\n")
+                    carry, carry_bytes = "", 0
+            line_number += len(lines)
+            yield from lines
+            if not skipping:
+                carry += last
+                carry_bytes += len(last.encode())
+                if carry_bytes > max_line_bytes:  # drop it as it comes
+                    carry, carry_bytes, skipping = "", 0, True
+        if pending:
+            _decoded(pending, line_number, carry_bytes)  # raises: a truncated sequence
+        if skipping:
+            yield OVERLONG_MARK + "\n"
+        elif carry:
+            yield carry
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise FileProblem(f"The gzip-compressed file is damaged: {error}.") from None
+
+
+def _utf8_complete_end(block: bytes) -> int:
+    """Where ``block`` stops holding complete UTF-8 sequences (a sequence split between two
+    blocks is decoded with the next one)."""
+    end = len(block)
+    start = end - 1
+    while start >= 0 and end - start < 4 and block[start] & 0xC0 == 0x80:
+        start -= 1
+    if start < 0:
+        return end
+    lead = block[start]
+    size = (
+        2 if lead & 0xE0 == 0xC0 else 3 if lead & 0xF0 == 0xE0 else 4 if lead & 0xF8 == 0xF0 else 1
+    )
+    return start if start + size > end else end
+
+
+def _decoded(block: bytes, lines_before: int, carry_bytes: int) -> str:
+    """``block`` as text; ``FileProblem`` naming the line for binary or non-UTF-8 content."""
+    nul = block.find(b"\x00")
+    if nul >= 0:
+        line = lines_before + block.count(b"\n", 0, nul) + 1
+        raise FileProblem(
+            f"This is not a CSV file: line {line} contains binary data (a NUL byte). Upload a "
+            f"CSV text file or a gzip-compressed one (.csv.gz)."
+        )
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = lines_before + block.count(b"\n", 0, error.start) + 1
+        line_start = block.rfind(b"\n", 0, error.start) + 1
+        byte = error.start - line_start + (carry_bytes if line_start == 0 else 0) + 1
+        raise FileProblem(
+            f"The file is not UTF-8 text: line {line} has bytes that are not valid UTF-8 "
+            f"(byte {byte} of the line). It may be Latin-1 or Windows-1252; save it as "
+            f"“CSV UTF-8” and upload it again."
+        ) from None
 
 
 def _over_limit_reason(max_bytes: int, *, decompressed: bool) -> str:

@@ -253,3 +253,40 @@ def test_inspection_lists_event_names_and_counts_records() -> None:
 def test_formula_cells_are_escaped_and_round_trip(cell: str, escaped: str) -> None:
     assert parsing.escape_cell(cell) == escaped
     assert parsing.unescape_cell(parsing.escape_cell(cell)) == cell
+
+
+@given(
+    lines=st.lists(st.text(alphabet='ab,é€😀\r"', max_size=30), max_size=30),
+    final_newline=st.booleans(),
+    block=st.integers(min_value=1, max_value=40),
+    max_line=st.integers(min_value=8, max_value=60),
+)
+def test_lines_read_in_blocks_are_the_file_lines(
+    lines: list[str], final_newline: bool, block: int, max_line: int
+) -> None:
+    """Whatever the block size: every physical line once, split at \\n only, multi-byte
+    characters split between blocks decoded whole, over-long lines replaced by the mark."""
+    text = "\n".join(lines) + ("\n" if final_newline and lines else "")
+    content = io.BytesIO(text.encode())
+    read = list(
+        parsing.text_lines(content, max_bytes=10 * MB, max_line_bytes=max_line, block_bytes=block)
+    )
+    expected = [line + "\n" for line in text.split("\n")]
+    expected[-1] = expected[-1][:-1]
+    if not expected[-1]:
+        expected.pop()
+    expected = [
+        parsing.OVERLONG_MARK + "\n" if len(line.rstrip("\n").encode()) > max_line else line
+        for line in expected
+    ]
+    assert read == expected
+
+
+def test_not_utf8_names_the_line_across_blocks() -> None:
+    data = b"timestamp,event_name\n" + "2024-09-23,caf\u00e9\n".encode("latin-1") * 3
+    with pytest.raises(parsing.FileProblem) as problem:
+        list(parsing.text_lines(io.BytesIO(data), max_bytes=MB, max_line_bytes=MB, block_bytes=7))
+    assert (
+        "line 2 has bytes" in problem.value.reason
+        and "(byte 15 of the line)" in problem.value.reason
+    )
