@@ -84,7 +84,7 @@ def _setup() -> tuple[object, list[str]]:
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE uploads_upload, meters_eventrejection, meters_usagerollup, "
-            "meters_meterevent, meters_eventbatch CASCADE"
+            "meters_meterevent, meters_eventbatch, meters_storedidentifierset CASCADE"
         )
     for event_name, formula, value_key in METERS:
         Meter.objects.update_or_create(

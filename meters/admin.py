@@ -28,6 +28,7 @@ from meters.models import (
     MeterMonthlyRollup,
     MeterUsageTotal,
     StaleUsageDay,
+    StoredIdentifierSet,
     UsageAlert,
     UsageAlertTrigger,
     UsageRollup,
@@ -168,6 +169,13 @@ class MeterUsageTotalAdmin(ReadOnlyAdmin):
 class StaleUsageDayAdmin(ReadOnlyAdmin):
     list_display = ("meter", "day")
     list_filter = ("meter",)
+
+
+@admin.register(StoredIdentifierSet)
+class StoredIdentifierSetAdmin(ReadOnlyAdmin):
+    list_display = ("digest", "events", "created")
+    search_fields = ("digest",)
+    show_full_result_count = False
 
 
 @admin.register(EventRejection)

@@ -82,6 +82,7 @@ events and within the batch) and record rejections, but write no events and no r
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import re
 import uuid
@@ -109,6 +110,7 @@ from meters.models import (
     EventRejection,
     Meter,
     MeterEvent,
+    StoredIdentifierSet,
     UsageRollup,
 )
 from meters.services import audit_record
@@ -208,6 +210,9 @@ class EventColumns:
     payload: dict[str, list[str]]
     lines: list[int]
     raws: list[Mapping[str, str]]  # the original rows, kept with a rejection
+    # Every identifier was derived by the source from the event's content (event name,
+    # customer, timestamp, value), so equal identifiers mean equal content.
+    content_addressed: bool = False
 
     def __len__(self) -> int:
         return len(self.event_names)
@@ -929,8 +934,22 @@ def _columns_ingest_postgres(
         first_at[identifier] = len(accepted.positions)
         accepted.add(index, identifier, *candidate, payload_json)
 
+    # A chunk seen before in full (the same file again): every event is a duplicate.
+    fingerprint = (
+        _identifier_set_digest(accepted.identifiers)
+        if columns.content_addressed and accepted.identifiers
+        else None
+    )
     with transaction.atomic():
+        seen = (
+            fingerprint is not None
+            and StoredIdentifierSet.objects.filter(digest=fingerprint).exists()
+        )
+        if seen:
+            counts.duplicates += len(accepted.positions)
+            accepted = _Accepted()
         stored = _columns_write_postgres(accepted, batch, now, first_at, columns.lines)
+        conflicts = counts.rejected
         for position, row in stored.items():
             differences = _differences(accepted, position, *_stored_as_columns(row))
             if differences:
@@ -957,6 +976,11 @@ def _columns_ingest_postgres(
             days.add((meter.pk, accepted.timestamps[position] // 86400))
         counts.accepted = len(accepted.positions) - len(stored)
         counts.totals_by_meter = dict(totals)
+        if fingerprint is not None and not seen and counts.rejected == conflicts:
+            StoredIdentifierSet.objects.bulk_create(
+                [StoredIdentifierSet(digest=fingerprint, events=len(accepted.positions))],
+                ignore_conflicts=True,
+            )
         EventRejection.objects.bulk_create(rejections, batch_size=1000)
         from meters.alerts import usage_alerts_schedule
 
@@ -968,6 +992,10 @@ def _columns_ingest_postgres(
 
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def _identifier_set_digest(identifiers: list[str]) -> str:
+    return hashlib.blake2b("\n".join(sorted(identifiers)).encode(), digest_size=32).hexdigest()
 
 
 def _differences(

@@ -380,6 +380,29 @@ class MeterUsageTotal(models.Model):
         return f"{self.meter_id} {self.grain} {self.start:%Y-%m-%d %H}:00"
 
 
+class StoredIdentifierSet(models.Model):
+    """A set of content-derived event identifiers that are all stored, with the content they
+    were derived from: a fingerprint of one chunk of a file (see ``meter_events_ingest_columns``).
+
+    Recorded when every event of the chunk was stored or found stored with the same content.
+    Identifiers are never freed and a derived identifier names its content, so when the same
+    chunk comes again (the same file uploaded twice, an S3 file delivered twice) every event in
+    it is a duplicate, known without looking up each identifier.
+    """
+
+    digest = models.CharField(max_length=64)  # BLAKE2b of the sorted identifiers, hex
+    events = models.PositiveIntegerField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["digest"], name="storedidentifierset_unique_digest")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.events} identifiers ({self.digest[:12]}…)"
+
+
 class EventRejection(models.Model):
     """An event the core refused, kept so staff can see and fix it."""
 

@@ -627,7 +627,15 @@ class RowBuilder:
             for position, digest, occurrence in zip(derive, digests, occurrences, strict=True):
                 identifiers[position] = derived_identifier(digest, occurrence)
         payload = {key: column for (_, key), column in zip(payload_columns, values, strict=True)}
-        columns = EventColumns(names, timestamps, identifiers, payload, lines, raws)
+        columns = EventColumns(
+            names,
+            timestamps,
+            identifiers,
+            payload,
+            lines,
+            raws,
+            content_addressed=identifier_index is None,
+        )
         return BuiltChunk(columns=columns, errors=errors, records=len(chunk))
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from meters.ingestion import (
     EventColumns,
@@ -16,7 +16,13 @@ from meters.ingestion import (
     meter_events_ingest,
     meter_events_ingest_columns,
 )
-from meters.models import EventBatch, EventRejection, MeterEvent, UsageRollup
+from meters.models import (
+    EventBatch,
+    EventRejection,
+    MeterEvent,
+    StoredIdentifierSet,
+    UsageRollup,
+)
 from tests.factories import CustomerFactory, MeterFactory
 
 pytestmark = pytest.mark.django_db
@@ -150,3 +156,31 @@ def test_an_identifier_the_sample_probe_missed_is_still_a_duplicate(db) -> None:
     assert (counts.accepted, counts.duplicates, counts.rejected) == (999, 1, 0)
     assert MeterEvent.objects.filter(meter=api).count() == 1000
     assert UsageRollup.objects.get(meter=api).event_count == 1000
+
+
+def test_a_chunk_seen_in_full_is_all_duplicates_without_a_lookup(db) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the embedded default (SQLite) takes the per-event path")
+    api = MeterFactory(event_name="api_calls")
+    CustomerFactory(external_id="cus_1")
+    rows = [("api_calls", T + n, f"csv_{n:032x}_0", "cus_1", "2", "") for n in range(300)]
+
+    def send(rows: list[tuple]) -> tuple[int, int, int]:
+        columns = columns_of(rows)
+        columns.content_addressed = True
+        batch = event_batch_create(source=EventBatch.Source.CSV)
+        counts = meter_events_ingest_columns(columns=columns, batch=batch, now=NOW)
+        return counts.accepted, counts.duplicates, counts.rejected
+
+    assert send(rows) == (300, 0, 0)
+    assert StoredIdentifierSet.objects.get().events == 300
+    assert send(rows) == (0, 300, 0)
+    # One row more: a new set, looked up identifier by identifier.
+    more = [*rows, ("api_calls", T + 400, "csv_new_0", "cus_1", "2", "")]
+    assert send(more) == (1, 300, 0)
+    # A conflicting stored event: that set is not recorded, so it is never taken as seen.
+    other = [("api_calls", T + 1, "csv_new_0", "cus_1", "3", ""), *rows[2:4]]
+    assert send(other) == (0, 2, 1)
+    assert send(other) == (0, 2, 1)
+    assert not StoredIdentifierSet.objects.filter(events=3).exists()
+    assert UsageRollup.objects.get(meter=api).event_count == 301
