@@ -95,6 +95,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import psycopg
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -209,7 +210,7 @@ class EventColumns:
     identifiers: list[str]  # "": the core generates one
     payload: dict[str, list[str]]
     lines: list[int]
-    raws: list[Mapping[str, str]]  # the original rows, kept with a rejection
+    raws: Sequence[Mapping[str, str]]  # the original rows, kept with a rejection
     # Every identifier was derived by the source from the event's content (event name,
     # customer, timestamp, value), so equal identifiers mean equal content.
     content_addressed: bool = False
@@ -785,7 +786,7 @@ class _Accepted:
 
     positions: list[int] = field(default_factory=list)
     identifiers: list[str] = field(default_factory=list)
-    meters: list[Meter] = field(default_factory=list)
+    meter_ids: list[int] = field(default_factory=list)
     customer_ids: list[int] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
@@ -795,7 +796,7 @@ class _Accepted:
         self,
         position: int,
         identifier: str,
-        meter: Meter,
+        meter_id: int,
         customer_id: int,
         timestamp: int,
         value: str,
@@ -803,7 +804,7 @@ class _Accepted:
     ) -> None:
         self.positions.append(position)
         self.identifiers.append(identifier)
-        self.meters.append(meter)
+        self.meter_ids.append(meter_id)
         self.customer_ids.append(customer_id)
         self.timestamps.append(timestamp)
         self.values.append(value)
@@ -835,6 +836,7 @@ def _columns_ingest_postgres(
         for name, meter in meters.items()
         if meter.is_active
     }
+    meters_by_pk = {meter.pk: meter for meter in meters.values()}
     rejections: list[EventRejection] = []
     counts = IngestCounts(0, 0, 0, {})
     accepted = _Accepted()
@@ -892,7 +894,7 @@ def _columns_ingest_postgres(
                 and "\x00" not in identifier
             ):
                 payload_json = plain_payload_json(index)
-            candidate = None if payload_json is None else (meter, customer_id, timestamp, value)
+            candidate = None if payload_json is None else (meter.pk, customer_id, timestamp, value)
         else:
             candidate = None
         if candidate is None:  # anything unusual: the exact, per-event checks
@@ -909,7 +911,7 @@ def _columns_ingest_postgres(
                 continue
             identifier = checked.identifier
             candidate = (
-                checked.meter,
+                checked.meter.pk,
                 checked.customer_id,
                 int(checked.timestamp.timestamp()),
                 str(checked.value),
@@ -926,7 +928,7 @@ def _columns_ingest_postgres(
                     Code.DUPLICATE_CONFLICT,
                     _conflict_message(identifier, differences, "earlier in this batch"),
                     "identifier",
-                    candidate[0],
+                    meters_by_pk[candidate[0]],
                 )
             else:
                 counts.duplicates += 1
@@ -959,23 +961,29 @@ def _columns_ingest_postgres(
                     Code.DUPLICATE_CONFLICT,
                     _conflict_message(identifier, differences, "already"),
                     "identifier",
-                    accepted.meters[position],
+                    meters_by_pk[accepted.meter_ids[position]],
                 )
             else:
                 counts.duplicates += 1
-        totals: dict[int, MeterTotal] = defaultdict(MeterTotal)
-        pairs: set[tuple[int, int]] = set()
-        days: set[tuple[int, int]] = set()
-        for position, meter in enumerate(accepted.meters):
-            if position in stored:
-                continue
-            total = totals[meter.pk]
-            total.event_count += 1
-            total.value_sum += Decimal(accepted.values[position])
-            pairs.add((meter.pk, accepted.customer_ids[position]))
-            days.add((meter.pk, accepted.timestamps[position] // 86400))
+        new = [p for p in range(len(accepted.positions)) if p not in stored] if stored else None
+        meter_ids, customer_ids = accepted.meter_ids, accepted.customer_ids
+        timestamps_of, values_of = accepted.timestamps, accepted.values
+        if new is not None:
+            meter_ids = [meter_ids[p] for p in new]
+            customer_ids = [customer_ids[p] for p in new]
+            timestamps_of = [timestamps_of[p] for p in new]
+            values_of = [values_of[p] for p in new]
+        values_by_meter: dict[int, list[str]] = defaultdict(list)
+        for meter_id, value in zip(meter_ids, values_of, strict=True):
+            values_by_meter[meter_id].append(value)
+        totals = {
+            meter_id: MeterTotal(len(values), sum(map(Decimal, values), Decimal(0)))
+            for meter_id, values in values_by_meter.items()
+        }
+        pairs = set(zip(meter_ids, customer_ids, strict=True))
+        days = set(zip(meter_ids, [ts // 86400 for ts in timestamps_of], strict=True))
         counts.accepted = len(accepted.positions) - len(stored)
-        counts.totals_by_meter = dict(totals)
+        counts.totals_by_meter = totals
         if fingerprint is not None and not seen and counts.rejected == conflicts:
             StoredIdentifierSet.objects.bulk_create(
                 [StoredIdentifierSet(digest=fingerprint, events=len(accepted.positions))],
@@ -1001,15 +1009,14 @@ def _identifier_set_digest(identifiers: list[str]) -> str:
 def _differences(
     accepted: _Accepted,
     position: int,
-    meter: Meter | int,
+    meter_id: int,
     customer_id: int,
     timestamp: int,
     value: str | Decimal,
 ) -> list[str]:
     """What differs between an accepted candidate and another event with its identifier."""
     different = []
-    meter_pk = meter if isinstance(meter, int) else meter.pk
-    if meter_pk != accepted.meters[position].pk:
+    if meter_id != accepted.meter_ids[position]:
         different.append("event_name")
     if customer_id != accepted.customer_ids[position]:
         different.append("customer")
@@ -1055,22 +1062,29 @@ def _columns_write_postgres(
             return existing
         _pg_lock_parents(
             cursor,
-            meter_ids={accepted.meters[p].pk for p in new},
+            meter_ids={accepted.meter_ids[p] for p in new},
             customer_ids={accepted.customer_ids[p] for p in new},
             batch_id=batch.pk,
         )
         ids = _pg_event_ids(cursor, len(new))  # ascending, in input order: receipt order
-        event_id = dict(zip(new, ids, strict=True))
-        received = now.isoformat()
+        event_ids = [0] * count
+        for position, event_id in zip(new, ids, strict=True):
+            event_ids[position] = event_id
         # In identifier order: the unique index is filled in order, and two batches sharing
         # identifiers wait for each other instead of deadlocking.
         new.sort(key=accepted.identifiers.__getitem__)
+        identifiers, payloads = accepted.identifiers, accepted.payloads
+        if _COPY_SPECIAL.search("".join(identifiers[p] + payloads[p] for p in new)):
+            identifiers = [_copy_text(identifier) for identifier in identifiers]
+            payloads = [_copy_text(payload) for payload in payloads]
+        meter_ids, customer_ids = accepted.meter_ids, accepted.customer_ids
+        values, positions = accepted.values, accepted.positions
+        times = np.array([accepted.timestamps[p] for p in new], dtype="datetime64[s]")
+        tail = f"\t{batch.pk}\t{now.isoformat()}\t"
         lines = [
-            f"{event_id[p]}\t{_copy_text(accepted.identifiers[p])}\t{accepted.meters[p].pk}\t"
-            f"{accepted.customer_ids[p]}\t{_iso(accepted.timestamps[p])}\t{accepted.values[p]}\t"
-            f"{_copy_text(accepted.payloads[p])}\t{batch.pk}\t{received}\t"
-            f"{source_lines[accepted.positions[p]]}\tf\n"
-            for p in new
+            f"{event_ids[p]}\t{identifiers[p]}\t{meter_ids[p]}\t{customer_ids[p]}\t{time}Z\t"
+            f"{values[p]}\t{payloads[p]}{tail}{source_lines[positions[p]]}\tf\n"
+            for p, time in zip(new, times.astype(str).tolist(), strict=True)
         ]
         savepoint = transaction.savepoint()
         try:
@@ -1104,11 +1118,12 @@ def _columns_write_staged(
     now: datetime,
     source_lines: list[int],
 ) -> dict[int, StoredRow]:
+    meters = Meter.objects.in_bulk({accepted.meter_ids[position] for position in positions})
     candidates = [
         _Candidate(
             index=position,
             identifier=accepted.identifiers[position],
-            meter=accepted.meters[position],
+            meter=meters[accepted.meter_ids[position]],
             customer_id=accepted.customer_ids[position],
             timestamp=datetime.fromtimestamp(accepted.timestamps[position], tz=UTC),
             timestamp_given=True,
@@ -1119,10 +1134,6 @@ def _columns_write_staged(
         for position in sorted(positions)
     ]
     return _write_postgres(candidates, batch, now)
-
-
-def _iso(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
 
 
 # --- PostgreSQL: COPY into a staging table, set-based insert and rollups ----------------------

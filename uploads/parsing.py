@@ -31,11 +31,11 @@ import gzip
 import hashlib
 import io
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import IO
+from typing import IO, NamedTuple
 
 import numpy as np
 
@@ -263,8 +263,7 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"  # pragma: no cover
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     line: int
     fields: list[str]
     error: RowError | None = None
@@ -274,31 +273,31 @@ def records(lines: Iterable[str], *, max_line_bytes: int) -> Iterator[Record]:
     """CSV records with the physical line each starts on; blank lines are skipped."""
     csv.field_size_limit(max_line_bytes)
     reader = csv.reader(lines, strict=False)
+    start = 1  # the line the next record starts on
     while True:
-        start = reader.line_num + 1
         try:
-            fields = next(reader)
-        except StopIteration:
+            for fields in reader:
+                line, start = start, reader.line_num + 1
+                if len(fields) < 2 and (not fields or not fields[0].strip()):
+                    continue
+                if OVERLONG_MARK in "".join(fields):
+                    yield Record(
+                        line,
+                        [],
+                        RowError(
+                            "line_too_long",
+                            f"This line is longer than {format_bytes(max_line_bytes)}, the "
+                            f"longest line accepted; it was skipped.",
+                        ),
+                    )
+                    continue
+                yield Record(line, fields)
             return
         except csv.Error as error:
             yield Record(
                 start, [], RowError("malformed_row", f"This line is not valid CSV: {error}.")
             )
-            continue
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            continue
-        if OVERLONG_MARK in "".join(fields):
-            yield Record(
-                start,
-                [],
-                RowError(
-                    "line_too_long",
-                    f"This line is longer than {format_bytes(max_line_bytes)}, the longest "
-                    f"line accepted; it was skipped.",
-                ),
-            )
-            continue
-        yield Record(start, fields)
+            start = reader.line_num + 1
 
 
 def unescape_cell(value: str) -> str:
@@ -544,20 +543,10 @@ class RowBuilder:
 
     def build_columns(self, chunk: list[Record]) -> BuiltChunk:
         """The chunk's events in columns for the core, and the parser's own errors."""
-        header = self.header
-        width = self.width
-        event_index, timestamp_index = self.event_index, self.timestamp_index
-        identifier_index = self.identifier_index
-        payload_columns = self.payload_columns
-        lines: list[int] = []
-        names: list[str] = []
-        timestamps: list[int] = []
-        identifiers: list[str] = []
-        raws: list[Mapping[str, str]] = []
-        values: list[list[str]] = [[] for _ in payload_columns]
+        header, width = self.header, self.width
         errors: list[ParsedRow] = []
-        derive: list[int] = []  # rows whose identifier is derived from their content
-        digests: list[bytes] = []
+        rows: list[list[str]] = []
+        lines: list[int] = []
         for record in chunk:
             if record.error:
                 errors.append(ParsedRow(record.line, {}, error=record.error))
@@ -565,78 +554,131 @@ class RowBuilder:
             fields = record.fields
             if "'" in "".join(fields):  # rare: only then look for escaped cells
                 fields = [unescape_cell(value) for value in fields]
-            raw = RawRow(header, fields)
             if len(fields) != width:
                 extra = fields[width:]
                 message = f"This line has {len(fields)} values but the header has {width} columns."
                 if extra:
                     message += f" Extra values: {', '.join(extra)[:500]}"
-                errors.append(
-                    ParsedRow(record.line, raw, error=RowError("row_column_count", message))
-                )
+                error = RowError("row_column_count", message)
+                errors.append(ParsedRow(record.line, RawRow(header, fields), error=error))
                 continue
-            event_name = fields[event_index].strip()
-            if not event_name:
-                error = RowError("event_name_missing", "event_name is empty.", "event_name")
-                errors.append(ParsedRow(record.line, raw, error=error))
-                continue
-            timestamp_text = fields[timestamp_index].strip()
-            if not timestamp_text:
-                error = RowError("timestamp_missing", "timestamp is empty.", "timestamp")
-                errors.append(ParsedRow(record.line, raw, error=error))
-                continue
-            if timestamp_text.isascii() and timestamp_text.isdigit() and len(timestamp_text) <= 11:
-                timestamp = int(timestamp_text)  # Unix seconds: the usual case
-            else:
-                try:
-                    timestamp = unix_seconds(parse_timestamp(timestamp_text))
-                except TimestampError:
-                    error = RowError(
-                        "timestamp_invalid",
-                        f"The timestamp “{timestamp_text[:100]}” is not a date (yyyy-MM-dd), "
-                        f"an ISO 8601 time (2024-09-23T16:22:25+05:30) or Unix seconds.",
-                        "timestamp",
-                    )
-                    errors.append(ParsedRow(record.line, raw, error=error))
-                    continue
-            identifier = fields[identifier_index].strip() if identifier_index is not None else ""
-            if not identifier:
-                meter = self.meters.get(event_name)
-                customer = value = ""
-                if meter:
-                    for (index, key), _ in zip(payload_columns, values, strict=True):
-                        if key == meter.customer_key:
-                            customer = fields[index].strip()
-                        elif key == meter.value_key:
-                            value = fields[index].strip()
-                content = "\x1f".join(
-                    (event_name, customer, str(timestamp), normalized_value(value))
-                )
-                derive.append(len(lines))
-                digests.append(hashlib.blake2b(content.encode(), digest_size=16).digest())
+            rows.append(fields)
             lines.append(record.line)
-            names.append(event_name)
-            timestamps.append(timestamp)
-            identifiers.append(identifier)
-            raws.append(raw)
-            for (index, _), column in zip(payload_columns, values, strict=True):
-                column.append(fields[index].strip())
-        if derive:
-            keys = [int.from_bytes(digest[:8], "big") for digest in digests]
-            occurrences = self.occurrences.count(keys)
-            for position, digest, occurrence in zip(derive, digests, occurrences, strict=True):
-                identifiers[position] = derived_identifier(digest, occurrence)
-        payload = {key: column for (_, key), column in zip(payload_columns, values, strict=True)}
-        columns = EventColumns(
+        # Column by column from here: one list operation per column instead of per-row steps.
+        columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in header]
+        names = [value.strip() for value in columns[self.event_index]]
+        texts = [value.strip() for value in columns[self.timestamp_index]]
+        timestamps = [
+            int(text) if text.isascii() and text.isdigit() and len(text) <= 11 else None
+            for text in texts
+        ]
+        refused: set[int] = set()
+        if not all(names) or None in timestamps:
+            for position, (name, timestamp) in enumerate(zip(names, timestamps, strict=True)):
+                if timestamp is None or not name:
+                    error = self._row_error(name, texts[position])
+                    if error is None:
+                        timestamps[position] = unix_seconds(parse_timestamp(texts[position]))
+                    else:
+                        raw = RawRow(header, rows[position])
+                        errors.append(ParsedRow(lines[position], raw, error=error))
+                        refused.add(position)
+        payload = {
+            key: [value.strip() for value in columns[index]] for index, key in self.payload_columns
+        }
+        identifiers = (
+            [value.strip() for value in columns[self.identifier_index]]
+            if self.identifier_index is not None
+            else [""] * len(rows)
+        )
+        if refused:
+            keep = [position for position in range(len(rows)) if position not in refused]
+            lines, names, rows = (
+                [lines[p] for p in keep],
+                [names[p] for p in keep],
+                [rows[p] for p in keep],
+            )
+            timestamps, identifiers = [timestamps[p] for p in keep], [identifiers[p] for p in keep]
+            payload = {key: [values[p] for p in keep] for key, values in payload.items()}
+        self._derive_identifiers(names, timestamps, identifiers, payload)  # type: ignore[arg-type]
+        events = EventColumns(
             names,
-            timestamps,
+            timestamps,  # type: ignore[arg-type]
             identifiers,
             payload,
             lines,
-            raws,
-            content_addressed=identifier_index is None,
+            RawRows(header, rows),
+            content_addressed=self.identifier_index is None,
         )
-        return BuiltChunk(columns=columns, errors=errors, records=len(chunk))
+        return BuiltChunk(columns=events, errors=errors, records=len(chunk))
+
+    def _row_error(self, name: str, timestamp_text: str) -> RowError | None:
+        """Why a row with an empty event name or a timestamp that is not Unix seconds is
+        refused; None when its timestamp is one of the other accepted formats."""
+        if not name:
+            return RowError("event_name_missing", "event_name is empty.", "event_name")
+        if not timestamp_text:
+            return RowError("timestamp_missing", "timestamp is empty.", "timestamp")
+        try:
+            parse_timestamp(timestamp_text)
+        except TimestampError:
+            return RowError(
+                "timestamp_invalid",
+                f"The timestamp “{timestamp_text[:100]}” is not a date (yyyy-MM-dd), an ISO "
+                f"8601 time (2024-09-23T16:22:25+05:30) or Unix seconds.",
+                "timestamp",
+            )
+        return None
+
+    def _derive_identifiers(
+        self,
+        names: list[str],
+        timestamps: list[int],
+        identifiers: list[str],
+        payload: dict[str, list[str]],
+    ) -> None:
+        """Fill in the identifiers of rows that have none, from their content and the number
+        of identical rows before them in the file."""
+        missing = [position for position, identifier in enumerate(identifiers) if not identifier]
+        if not missing:
+            return
+        empty = [""] * len(names)
+        content_columns = {
+            name: (payload.get(meter.customer_key, empty), payload.get(meter.value_key, empty))
+            for name, meter in self.meters.items()
+            if name in set(names)
+        }
+        nothing = (empty, empty)
+        digests = []
+        for position in missing:
+            name = names[position]
+            customers, values = content_columns.get(name, nothing)
+            content = (
+                f"{name}\x1f{customers[position]}\x1f{timestamps[position]}\x1f"
+                f"{normalized_value(values[position])}"
+            )
+            digests.append(hashlib.blake2b(content.encode(), digest_size=16).digest())
+        keys = [int.from_bytes(digest[:8], "big") for digest in digests]
+        occurrences = self.occurrences.count(keys)
+        for position, digest, occurrence in zip(missing, digests, occurrences, strict=True):
+            identifiers[position] = derived_identifier(digest, occurrence)
+
+
+class RawRows(Sequence[Mapping[str, str]]):
+    """The original rows of a chunk, as ``RawRow`` mappings made only when asked for (only
+    refused rows need them)."""
+
+    __slots__ = ("_header", "_rows")
+
+    def __init__(self, header: list[str], rows: list[list[str]]) -> None:
+        self._header = header
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> RawRow:  # type: ignore[override]
+        return RawRow(self._header, self._rows[index])
 
 
 @dataclass(frozen=True, slots=True)
