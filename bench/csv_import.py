@@ -171,6 +171,12 @@ def _import(label: str, path: Path, user: object) -> Result:
     from uploads.models import Upload
     from uploads.services import upload_create
 
+    # Follow-up tasks a previous run queued (the meter overview's daily-rollup refreshes) are
+    # not this run's work: drop them before the worker starts, so it does not reserve one
+    # and run it first. The bench's broker is a dedicated one, like its database.
+    from usage_portal.celery import app
+
+    app.control.purge()
     log = path.parent / f"worker-{label.replace(' ', '-')}.log"
     with log.open("wb") as out:
         command = [str(ROOT / ".venv/bin/celery"), "-A", "usage_portal", "worker"]
@@ -181,16 +187,10 @@ def _import(label: str, path: Path, user: object) -> Result:
         )
     try:
         time.sleep(4)  # let the worker connect before the clock starts
-        # Follow-up tasks a previous run queued (the meter overview's daily-rollup refreshes)
-        # are not this run's work: drop them so they do not delay its upload. The bench's
-        # broker is a dedicated one, like its database.
-        from usage_portal.celery import app
-
-        app.control.purge()
         with path.open("rb") as handle:
             upload = upload_create(file=File(handle, name=path.name), user=user)  # type: ignore[arg-type]
         while True:
-            time.sleep(0.5)
+            time.sleep(0.1)
             upload.refresh_from_db()
             if upload.is_finished:
                 break

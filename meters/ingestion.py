@@ -87,7 +87,7 @@ import json
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -792,24 +792,6 @@ class _Accepted:
     values: list[str] = field(default_factory=list)
     payloads: list[str] = field(default_factory=list)  # JSON
 
-    def add(
-        self,
-        position: int,
-        identifier: str,
-        meter_id: int,
-        customer_id: int,
-        timestamp: int,
-        value: str,
-        payload: str,
-    ) -> None:
-        self.positions.append(position)
-        self.identifiers.append(identifier)
-        self.meter_ids.append(meter_id)
-        self.customer_ids.append(customer_id)
-        self.timestamps.append(timestamp)
-        self.values.append(value)
-        self.payloads.append(payload)
-
 
 def _columns_ingest_postgres(
     columns: EventColumns, batch: EventBatch, now: datetime, meters: dict[str, Meter]
@@ -875,6 +857,19 @@ def _columns_ingest_postgres(
         ]
         return "{" + ",".join(parts) + "}"
 
+    # Usually no value of the chunk needs escaping: then a row's payload JSON is made only if
+    # the row is stored ("" until then), not for rows found to be duplicates.
+    plain_chunk = not any(_JSON_NEEDS_ESCAPE.search("".join(column)) for column in value_columns)
+
+    def payloads_fill(positions: list[int]) -> None:
+        for position in positions:
+            if not accepted.payloads[position]:
+                accepted.payloads[position] = plain_payload_json(accepted.positions[position])  # type: ignore[assignment]
+
+    add_position, add_identifier = accepted.positions.append, accepted.identifiers.append
+    add_meter, add_customer = accepted.meter_ids.append, accepted.customer_ids.append
+    add_timestamp, add_value = accepted.timestamps.append, accepted.values.append
+    add_payload = accepted.payloads.append
     for index, name in enumerate(names):
         spec = specs.get(name)
         identifier = identifiers[index]
@@ -893,7 +888,7 @@ def _columns_ingest_postgres(
                 and "\\" not in identifier
                 and "\x00" not in identifier
             ):
-                payload_json = plain_payload_json(index)
+                payload_json = "" if plain_chunk else plain_payload_json(index)
             candidate = None if payload_json is None else (meter.pk, customer_id, timestamp, value)
         else:
             candidate = None
@@ -934,7 +929,13 @@ def _columns_ingest_postgres(
                 counts.duplicates += 1
             continue
         first_at[identifier] = len(accepted.positions)
-        accepted.add(index, identifier, *candidate, payload_json)
+        add_position(index)
+        add_identifier(identifier)
+        add_meter(candidate[0])
+        add_customer(candidate[1])
+        add_timestamp(candidate[2])
+        add_value(candidate[3])
+        add_payload(payload_json)
 
     # A chunk seen before in full (the same file again): every event is a duplicate.
     fingerprint = (
@@ -950,7 +951,9 @@ def _columns_ingest_postgres(
         if seen:
             counts.duplicates += len(accepted.positions)
             accepted = _Accepted()
-        stored = _columns_write_postgres(accepted, batch, now, first_at, columns.lines)
+        stored = _columns_write_postgres(
+            accepted, batch, now, first_at, columns.lines, payloads_fill
+        )
         conflicts = counts.rejected
         for position, row in stored.items():
             differences = _differences(accepted, position, *_stored_as_columns(row))
@@ -1038,9 +1041,11 @@ def _columns_write_postgres(
     now: datetime,
     first_at: dict[str, int],
     source_lines: list[int],
+    payloads_fill: Callable[[list[int]], None],
 ) -> dict[int, StoredRow]:
     """Store the new events of ``accepted`` and their rollups; return {position: stored row}
-    for the identifiers already taken."""
+    for the identifiers already taken. ``payloads_fill`` makes the payload JSON of the
+    positions it is given."""
     count = len(accepted.positions)
     if not count:
         return {}
@@ -1060,6 +1065,7 @@ def _columns_write_postgres(
         new = [position for position in range(count) if position not in existing]
         if not new:
             return existing
+        payloads_fill(new)
         _pg_lock_parents(
             cursor,
             meter_ids={accepted.meter_ids[p] for p in new},

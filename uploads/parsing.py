@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from itertools import islice
 from typing import IO, NamedTuple
 
 import numpy as np
@@ -363,29 +364,26 @@ def inspect(lines: Iterable[str], *, max_line_bytes: int) -> Inspection:
     if problem := header_problems(header, []):
         raise FileProblem(problem)  # no header at all, most likely: say so before reading on
     inspection = Inspection(header=header)
-    event_index = header.index("event_name") if "event_name" in header else None
+    event_index = header.index("event_name")  # present: header_problems said so
     names = inspection.event_names
     # The rest is only counted, so it skips ``records``' per-row objects: a reader of its own
     # continues on the same lines right after the header's record. It counts exactly what
     # ``records`` yields: malformed and over-long records too, blank lines not.
     reader = csv.reader(lines, strict=False)
     counted = 0
+    raw_names: set[str] = set()  # cleaned once each at the end, not once a row
     while True:
         try:
             for fields in reader:
-                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                if len(fields) < 2 and (not fields or not fields[0].strip()):
                     continue
                 counted += 1
-                if (
-                    event_index is not None
-                    and len(fields) > event_index
-                    and len(names) < 10_000
-                    and OVERLONG_MARK not in "".join(fields)
-                ):
-                    names.add(unescape_cell(fields[event_index]).strip())
+                if len(fields) > event_index and len(raw_names) < 10_000:
+                    raw_names.add(fields[event_index])
             break
         except csv.Error:
             counted += 1
+    names.update(unescape_cell(name).strip() for name in raw_names if OVERLONG_MARK not in name)
     inspection.records = counted
     if inspection.records == 0:
         raise FileProblem("The file has a header row but no data rows.")
@@ -694,13 +692,8 @@ def unix_seconds(moment: datetime) -> int:
 
 
 def chunked(iterable: Iterable[Record], size: int) -> Iterator[list[Record]]:
-    chunk: list[Record] = []
-    for item in iterable:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
+    iterator = iter(iterable)
+    while chunk := list(islice(iterator, size)):
         yield chunk
 
 
