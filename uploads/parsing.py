@@ -440,14 +440,19 @@ def normalized_value(text: str) -> str:
     return format(number.normalize(), "f") if number else "0"
 
 
+MAX_RUN_KEYS = 4 * 1024 * 1024  # keys in one sorted run of the identical-row counter
+
+
 class OccurrenceCounter:
     """How many identical rows (by content key) came before each row in the file.
 
-    Memory: 8 bytes per distinct row in sorted numpy runs, merged like a binary counter, plus
+    Memory: 8 bytes per distinct row in sorted numpy runs, merged like a binary counter up to
+    ``max_run_keys`` keys a run (a merge never needs more than 32 MB beside them), plus
     an exact count only for the rare keys that do repeat.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_run_keys: int = MAX_RUN_KEYS) -> None:
+        self._max_run_keys = max_run_keys
         self._runs: list[np.ndarray] = []
         self._repeats: dict[int, int] = {}
 
@@ -483,7 +488,11 @@ class OccurrenceCounter:
         fresh = np.unique(array[~seen_before])
         if len(fresh):
             self._runs.append(fresh)
-            while len(self._runs) > 1 and len(self._runs[-2]) <= 2 * len(self._runs[-1]):
+            while (
+                len(self._runs) > 1
+                and len(self._runs[-2]) <= 2 * len(self._runs[-1])
+                and len(self._runs[-2]) + len(self._runs[-1]) <= self._max_run_keys
+            ):
                 # Runs never share keys, so a concatenation sorted in place is their union;
                 # np.union1d would need several temporary copies (5M rows: 420 MB peak).
                 last = self._runs.pop()

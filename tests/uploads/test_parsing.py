@@ -62,9 +62,15 @@ def test_bad_timestamps_are_refused(text: str) -> None:
 
 
 # --- Identifiers ------------------------------------------------------------------------------
-@given(st.lists(st.integers(min_value=0, max_value=6), max_size=300), st.integers(1, 50))
-def test_occurrence_counter_matches_a_plain_count(keys: list[int], chunk: int) -> None:
-    counter = parsing.OccurrenceCounter()
+@given(
+    st.lists(st.integers(min_value=0, max_value=60), max_size=300),
+    st.integers(1, 50),
+    st.sampled_from([4, 16, parsing.MAX_RUN_KEYS]),
+)
+def test_occurrence_counter_matches_a_plain_count(
+    keys: list[int], chunk: int, max_run_keys: int
+) -> None:
+    counter = parsing.OccurrenceCounter(max_run_keys=max_run_keys)
     got: list[int] = []
     for start in range(0, len(keys), chunk):
         got += counter.count(keys[start : start + chunk])
