@@ -384,13 +384,14 @@ class StoredIdentifierSet(models.Model):
     """A set of content-derived event identifiers that are all stored, with the content they
     were derived from: a fingerprint of one chunk of a file (see ``meter_events_ingest_columns``).
 
-    Recorded when every event of the chunk was stored or found stored with the same content.
-    Identifiers are never freed and a derived identifier names its content, so when the same
-    chunk comes again (the same file uploaded twice, an S3 file delivered twice) every event in
-    it is a duplicate, known without looking up each identifier.
+    Recorded when every event of the chunk that passed validation was stored or found stored
+    with the same content. Identifiers are never freed and a derived identifier names its
+    content, so when the same events come again (the same file uploaded twice, an S3 file
+    delivered twice) every one is a duplicate, known without looking up each identifier; and
+    when the set held every row of the chunk, without validating each row again either.
     """
 
-    digest = models.CharField(max_length=64)  # BLAKE2b of the sorted identifiers, hex
+    digest = models.CharField(max_length=64)  # BLAKE2b of the identifiers in order, hex
     events = models.PositiveIntegerField()
     created = models.DateTimeField(auto_now_add=True)
 

@@ -281,7 +281,11 @@ def records(lines: Iterable[str], *, max_line_bytes: int) -> Iterator[Record]:
                 line, start = start, reader.line_num + 1
                 if len(fields) < 2 and (not fields or not fields[0].strip()):
                     continue
-                if OVERLONG_MARK in "".join(fields):
+                # The mark stands for a whole physical line: alone on a one-line record,
+                # anywhere in a record that spans lines (a quoted newline).
+                if (fields[0] == OVERLONG_MARK and len(fields) == 1) or (
+                    start - line > 1 and OVERLONG_MARK in "".join(fields)
+                ):
                     yield Record(
                         line,
                         [],

@@ -165,11 +165,11 @@ def test_a_chunk_seen_in_full_is_all_duplicates_without_a_lookup(db) -> None:
     CustomerFactory(external_id="cus_1")
     rows = [("api_calls", T + n, f"csv_{n:032x}_0", "cus_1", "2", "") for n in range(300)]
 
-    def send(rows: list[tuple]) -> tuple[int, int, int]:
+    def send(rows: list[tuple], now: datetime = NOW) -> tuple[int, int, int]:
         columns = columns_of(rows)
         columns.content_addressed = True
         batch = event_batch_create(source=EventBatch.Source.CSV)
-        counts = meter_events_ingest_columns(columns=columns, batch=batch, now=NOW)
+        counts = meter_events_ingest_columns(columns=columns, batch=batch, now=now)
         return counts.accepted, counts.duplicates, counts.rejected
 
     assert send(rows) == (300, 0, 0)
@@ -184,3 +184,14 @@ def test_a_chunk_seen_in_full_is_all_duplicates_without_a_lookup(db) -> None:
     assert send(other) == (0, 2, 1)
     assert not StoredIdentifierSet.objects.filter(events=3).exists()
     assert UsageRollup.objects.get(meter=api).event_count == 301
+    # Seen in full, but no longer valid: each row is checked again and refused.
+    assert send(rows, now=NOW + timedelta(days=40)) == (0, 0, 300)  # too old now
+    api.status, api.deactivated_at = "inactive", NOW
+    api.save()
+    assert send(rows) == (0, 0, 300)
+    codes = set(EventRejection.objects.values_list("code", flat=True))
+    assert codes == {
+        "duplicate_meter_event_conflict",
+        "timestamp_too_far_in_past",
+        "archived_meter",
+    }

@@ -296,3 +296,16 @@ def test_not_utf8_names_the_line_across_blocks() -> None:
         "line 2 has bytes" in problem.value.reason
         and "(byte 15 of the line)" in problem.value.reason
     )
+
+
+def test_an_overlong_line_inside_a_quoted_value_refuses_its_record() -> None:
+    data = (
+        b"timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+        b'2024-09-23,api_calls,"cus_1\n' + b"9" * 5000 + b'\nmore",5\n'
+        b"2024-09-23,api_calls,cus_1,5\n"
+    )
+    rows = parse(data, max_line=1000)
+    assert [(row.line, row.error.code if row.error else None) for row in rows] == [
+        (2, "line_too_long"),
+        (5, None),
+    ]
