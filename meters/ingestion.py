@@ -604,21 +604,7 @@ def _events_ingest(
         results[index] = EventResult(
             Outcome.REJECTED, identifier, code.value, message, param, meter.pk if meter else None
         )
-        customer_ref = _clean(event.payload.get(meter.customer_mapping_key)) if meter else ""
-        rejections.append(
-            EventRejection(
-                batch=batch,
-                line=event.line,
-                column=_storable(param),
-                code=code.value,
-                message=_storable(message),
-                identifier=_storable(identifier[:255]),
-                event_name=_storable(_clean(event.event_name)[:255]),
-                meter=meter,
-                customer_ref=_storable(customer_ref[:255]),
-                raw=_raw_of(event),
-            )
-        )
+        rejections.append(_rejection(batch, event, code, message, param, meter))
 
     first_by_identifier: dict[str, _Candidate] = {}
     fresh: list[_Candidate] = []
@@ -714,6 +700,25 @@ def _events_ingest(
         else:
             report.rejected += 1
     return report
+
+
+def _rejection(
+    batch: EventBatch, event: EventInput, code: Code, message: str, param: str, meter: Meter | None
+) -> EventRejection:
+    """The stored record of a refused event, as staff see it and the error file repeats it."""
+    customer_ref = _clean(event.payload.get(meter.customer_mapping_key)) if meter else ""
+    return EventRejection(
+        batch=batch,
+        line=event.line,
+        column=_storable(param),
+        code=code.value,
+        message=_storable(message),
+        identifier=_storable((event.identifier or "")[:255]),
+        event_name=_storable(_clean(event.event_name)[:255]),
+        meter=meter,
+        customer_ref=_storable(customer_ref[:255]),
+        raw=_raw_of(event),
+    )
 
 
 def _conflict_message(identifier: str, differences: list[str], where: str) -> str:
@@ -848,21 +853,7 @@ def _columns_ingest_postgres(
 
     def reject(index: int, code: Code, message: str, param: str, meter: Meter | None) -> None:
         event = columns.event_input(index)
-        customer_ref = _clean(event.payload.get(meter.customer_mapping_key)) if meter else ""
-        rejections.append(
-            EventRejection(
-                batch=batch,
-                line=event.line,
-                column=_storable(param),
-                code=code.value,
-                message=_storable(message),
-                identifier=_storable((event.identifier or "")[:255]),
-                event_name=_storable(_clean(event.event_name)[:255]),
-                meter=meter,
-                customer_ref=_storable(customer_ref[:255]),
-                raw=_raw_of(event),
-            )
-        )
+        rejections.append(_rejection(batch, event, code, message, param, meter))
         counts.rejected += 1
 
     payload_keys = [_JSON.encode(key) + ':"' for key in payload]
