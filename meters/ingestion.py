@@ -893,7 +893,8 @@ def _columns_ingest_postgres(
             value = value_column[index]
             if not value and counts_events:
                 value = "1"
-            payload_json = None
+            payload_json: str | None = None
+            candidate: tuple[int, int, int, str] | None = None
             if (
                 customer_id is not None
                 and len(value) <= MAX_VALUE_DIGITS
@@ -902,7 +903,8 @@ def _columns_ingest_postgres(
                 and "\x00" not in identifier
             ):
                 payload_json = "" if plain_chunk else plain_payload_json(index)
-            candidate = None if payload_json is None else (meter.pk, customer_id, timestamp, value)
+                if payload_json is not None:
+                    candidate = (meter.pk, customer_id, timestamp, value)
         else:
             candidate = None
         if candidate is None:  # anything unusual: the exact, per-event checks
@@ -948,7 +950,7 @@ def _columns_ingest_postgres(
         add_customer(candidate[1])
         add_timestamp(candidate[2])
         add_value(candidate[3])
-        add_payload(payload_json)
+        add_payload(payload_json or "")
 
     # A chunk seen before in full (the same file again): every event is a duplicate.
     fingerprint = (

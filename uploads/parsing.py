@@ -587,12 +587,12 @@ class RowBuilder:
         if not all(names) or None in timestamps:
             for position, (name, timestamp) in enumerate(zip(names, timestamps, strict=True)):
                 if timestamp is None or not name:
-                    error = self._row_error(name, texts[position])
-                    if error is None:
+                    refusal = self._row_error(name, texts[position])
+                    if refusal is None:
                         timestamps[position] = unix_seconds(parse_timestamp(texts[position]))
                     else:
                         raw = RawRow(header, rows[position])
-                        errors.append(ParsedRow(lines[position], raw, error=error))
+                        errors.append(ParsedRow(lines[position], raw, error=refusal))
                         refused.add(position)
         payload = {
             key: [value.strip() for value in columns[index]] for index, key in self.payload_columns
