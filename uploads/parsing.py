@@ -654,25 +654,29 @@ class RowBuilder:
         if not missing:
             return
         empty = [""] * len(names)
+        used = set(names)
         content_columns = {
             name: (payload.get(meter.customer_key, empty), payload.get(meter.value_key, empty))
             for name, meter in self.meters.items()
-            if name in set(names)
+            if name in used
         }
         nothing = (empty, empty)
+        normal: dict[str, str] = {}  # value as written -> normalized; values repeat a lot
+        blake2b = hashlib.blake2b
         digests = []
         for position in missing:
             name = names[position]
             customers, values = content_columns.get(name, nothing)
-            content = (
-                f"{name}\x1f{customers[position]}\x1f{timestamps[position]}\x1f"
-                f"{normalized_value(values[position])}"
-            )
-            digests.append(hashlib.blake2b(content.encode(), digest_size=16).digest())
+            value = values[position]
+            normalized = normal.get(value)
+            if normalized is None:
+                normalized = normal[value] = normalized_value(value)
+            content = f"{name}\x1f{customers[position]}\x1f{timestamps[position]}\x1f{normalized}"
+            digests.append(blake2b(content.encode(), digest_size=16).digest())
         keys = [int.from_bytes(digest[:8], "big") for digest in digests]
         occurrences = self.occurrences.count(keys)
         for position, digest, occurrence in zip(missing, digests, occurrences, strict=True):
-            identifiers[position] = derived_identifier(digest, occurrence)
+            identifiers[position] = f"csv_{digest.hex()}_{occurrence}"  # derived_identifier
 
 
 class RawRows(Sequence[Mapping[str, str]]):
