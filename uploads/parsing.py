@@ -507,10 +507,10 @@ class OccurrenceCounter:
         return result
 
 
-def content_digest(*, event_name: str, customer: str, timestamp: datetime, value: str) -> bytes:
-    content = "\x1f".join(
-        (event_name, customer, str(int(timestamp.timestamp())), normalized_value(value))
-    )
+def content_digest(event_name: str, customer: str, timestamp: int, normalized: str) -> bytes:
+    """What a row without an identifier is: its event name, customer, Unix seconds and value
+    (already passed through ``normalized_value``)."""
+    content = f"{event_name}\x1f{customer}\x1f{timestamp}\x1f{normalized}"
     return hashlib.blake2b(content.encode(), digest_size=16).digest()
 
 
@@ -587,12 +587,12 @@ class RowBuilder:
         if not all(names) or None in timestamps:
             for position, (name, timestamp) in enumerate(zip(names, timestamps, strict=True)):
                 if timestamp is None or not name:
-                    refusal = self._row_error(name, texts[position])
-                    if refusal is None:
-                        timestamps[position] = unix_seconds(parse_timestamp(texts[position]))
+                    read = self._timestamp_or_refusal(name, texts[position])
+                    if isinstance(read, int):
+                        timestamps[position] = read
                     else:
                         raw = RawRow(header, rows[position])
-                        errors.append(ParsedRow(lines[position], raw, error=refusal))
+                        errors.append(ParsedRow(lines[position], raw, error=read))
                         refused.add(position)
         payload = {
             key: [value.strip() for value in columns[index]] for index, key in self.payload_columns
@@ -623,15 +623,15 @@ class RowBuilder:
         )
         return BuiltChunk(columns=events, errors=errors, records=len(chunk))
 
-    def _row_error(self, name: str, timestamp_text: str) -> RowError | None:
-        """Why a row with an empty event name or a timestamp that is not Unix seconds is
-        refused; None when its timestamp is one of the other accepted formats."""
+    def _timestamp_or_refusal(self, name: str, timestamp_text: str) -> int | RowError:
+        """For a row with an empty event name or a timestamp that is not Unix seconds: its
+        Unix seconds (another accepted format), or why the row is refused."""
         if not name:
             return RowError("event_name_missing", "event_name is empty.", "event_name")
         if not timestamp_text:
             return RowError("timestamp_missing", "timestamp is empty.", "timestamp")
         try:
-            parse_timestamp(timestamp_text)
+            return unix_seconds(parse_timestamp(timestamp_text))
         except TimestampError:
             return RowError(
                 "timestamp_invalid",
@@ -639,7 +639,6 @@ class RowBuilder:
                 f"8601 time (2024-09-23T16:22:25+05:30) or Unix seconds.",
                 "timestamp",
             )
-        return None
 
     def _derive_identifiers(
         self,
@@ -662,7 +661,6 @@ class RowBuilder:
         }
         nothing = (empty, empty)
         normal: dict[str, str] = {}  # value as written -> normalized; values repeat a lot
-        blake2b = hashlib.blake2b
         digests = []
         for position in missing:
             name = names[position]
@@ -671,12 +669,13 @@ class RowBuilder:
             normalized = normal.get(value)
             if normalized is None:
                 normalized = normal[value] = normalized_value(value)
-            content = f"{name}\x1f{customers[position]}\x1f{timestamps[position]}\x1f{normalized}"
-            digests.append(blake2b(content.encode(), digest_size=16).digest())
+            digests.append(
+                content_digest(name, customers[position], timestamps[position], normalized)
+            )
         keys = [int.from_bytes(digest[:8], "big") for digest in digests]
         occurrences = self.occurrences.count(keys)
         for position, digest, occurrence in zip(missing, digests, occurrences, strict=True):
-            identifiers[position] = f"csv_{digest.hex()}_{occurrence}"  # derived_identifier
+            identifiers[position] = derived_identifier(digest, occurrence)
 
 
 class RawRows(Sequence[Mapping[str, str]]):
