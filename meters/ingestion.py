@@ -297,16 +297,29 @@ class _Candidate:
     def differences(
         self, meter_id: int, customer_id: int, timestamp: datetime, value: Any
     ) -> list[str]:
-        different = []
-        if meter_id != self.meter.pk:
-            different.append("event_name")
-        if customer_id != self.customer_id:
-            different.append("customer")
-        if self.timestamp_given and timestamp != self.timestamp:
-            different.append("timestamp")
-        if Decimal(value) != self.value:
-            different.append("value")
-        return different
+        return _content_differences(
+            (self.meter.pk, self.customer_id, self.timestamp, self.value),
+            (meter_id, customer_id, timestamp, value),
+            timestamps=self.timestamp_given,
+        )
+
+
+def _content_differences(
+    mine: tuple[int, int, Any, Any], theirs: tuple[int, int, Any, Any], *, timestamps: bool = True
+) -> list[str]:
+    """What differs between two events' (meter id, customer id, timestamp, value): SAME
+    CONTENT in the module doc. Values compare as numbers; ``timestamps=False`` leaves the
+    timestamp out (an event sent without one)."""
+    different = []
+    if theirs[0] != mine[0]:
+        different.append("event_name")
+    if theirs[1] != mine[1]:
+        different.append("customer")
+    if timestamps and theirs[2] != mine[2]:
+        different.append("timestamp")
+    if Decimal(theirs[3]) != Decimal(mine[3]):
+        different.append("value")
+    return different
 
 
 class _Rejected(Exception):
@@ -539,13 +552,23 @@ def _context_build(now: datetime, meters: dict[str, Meter], refs: Iterable[str])
         customers.update(
             Customer.objects.filter(external_id__in=chunk).values_list("external_id", "pk")
         )
-    return _Context(
-        now=now,
-        oldest=now - timedelta(days=settings.USAGE_TIMESTAMP_MAX_AGE_DAYS),
-        newest=now + timedelta(seconds=settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS),
-        meters=meters,
-        customers=customers,
+    oldest, newest = _accepted_window(now)
+    return _Context(now=now, oldest=oldest, newest=newest, meters=meters, customers=customers)
+
+
+def _accepted_window(now: datetime) -> tuple[datetime, datetime]:
+    """The oldest and newest timestamp an event may have."""
+    return (
+        now - timedelta(days=settings.USAGE_TIMESTAMP_MAX_AGE_DAYS),
+        now + timedelta(seconds=settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS),
     )
+
+
+def _accepted_seconds(now: datetime) -> tuple[int, int]:
+    """``_accepted_window`` in whole Unix seconds: the first one not before the oldest, the
+    last one not after the newest."""
+    oldest, newest = _accepted_window(now)
+    return int(oldest.timestamp()) + (1 if oldest.microsecond else 0), int(newest.timestamp())
 
 
 def _storable(text: Any) -> Any:
@@ -782,29 +805,31 @@ def meter_events_ingest_columns(
             return IngestCounts(
                 report.accepted, report.duplicates, report.rejected, report.totals_by_meter
             )
-        if _seen_in_full(columns, meters, now):
+        full_set = _full_set_lookup(columns)
+        if full_set is not None and full_set[1] and _still_valid(columns, meters, now):
             return IngestCounts(0, len(columns), 0, {})
-        return _columns_ingest_postgres(columns, batch, now, meters)
+        return _columns_ingest_postgres(columns, batch, now, meters, full_set)
 
 
-def _seen_in_full(columns: EventColumns, meters: dict[str, Meter], now: datetime) -> bool:
-    """Whether every event of ``columns`` is a duplicate, known without checking each one:
-    the same content-derived identifiers were all stored before, from events that all passed
-    validation (``StoredIdentifierSet``), and nothing they were valid by has changed since:
-    their meters are still active and their timestamps still inside the accepted window.
-    (Their customers still exist: customers are never deleted.)"""
+def _full_set_lookup(columns: EventColumns) -> tuple[str, bool] | None:
+    """The digest of the chunk's identifiers, and whether a ``StoredIdentifierSet`` has it:
+    then every event was stored before, from events that all passed validation."""
     if not columns.content_addressed or not len(columns):
-        return False
+        return None
+    digest = _identifier_set_digest(columns.identifiers)
+    return digest, StoredIdentifierSet.objects.filter(digest=digest).exists()
+
+
+def _still_valid(columns: EventColumns, meters: dict[str, Meter], now: datetime) -> bool:
+    """Whether events that passed validation before still would: their meters are still
+    active and their timestamps still inside the accepted window. (Their customers still
+    exist: customers are never deleted; nothing else they were checked by can change.)"""
     if len(meters) != len(set(columns.event_names)) or not all(
         meter.is_active for meter in meters.values()
     ):
         return False
-    oldest = now - timedelta(days=settings.USAGE_TIMESTAMP_MAX_AGE_DAYS)
-    newest = now + timedelta(seconds=settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS)
-    if min(columns.timestamps) < oldest.timestamp() or max(columns.timestamps) > newest.timestamp():
-        return False
-    digest = _identifier_set_digest(columns.identifiers)
-    return StoredIdentifierSet.objects.filter(digest=digest, events=len(columns)).exists()
+    oldest, newest = _accepted_seconds(now)
+    return oldest <= min(columns.timestamps) and max(columns.timestamps) <= newest
 
 
 @dataclass(slots=True)
@@ -821,16 +846,18 @@ class _Accepted:
 
 
 def _columns_ingest_postgres(
-    columns: EventColumns, batch: EventBatch, now: datetime, meters: dict[str, Meter]
+    columns: EventColumns,
+    batch: EventBatch,
+    now: datetime,
+    meters: dict[str, Meter],
+    full_set: tuple[str, bool] | None,
 ) -> IngestCounts:
     refs: set[str] = set()
     for key in {meter.customer_mapping_key for meter in meters.values()}:
         refs.update(columns.payload.get(key, ()))
     ctx = _context_build(now, meters, refs)
     customers = ctx.customers
-    # Whole seconds: the first one not before ``oldest``, the last one not after ``newest``.
-    oldest = int(ctx.oldest.timestamp()) + (1 if ctx.oldest.microsecond else 0)
-    newest = int(ctx.newest.timestamp())
+    oldest, newest = _accepted_seconds(now)
     names, identifiers = columns.event_names, columns.identifiers
     timestamps, payload = columns.timestamps, columns.payload
     empty = [""] * len(columns)
@@ -952,17 +979,15 @@ def _columns_ingest_postgres(
         add_value(candidate[3])
         add_payload(payload_json or "")
 
-    # A chunk seen before in full (the same file again): every event is a duplicate.
-    fingerprint = (
-        _identifier_set_digest(accepted.identifiers)
-        if columns.content_addressed and accepted.identifiers
-        else None
-    )
+    # Its events all stored before (the same file again): every event is a duplicate.
+    fingerprint: str | None = None
+    seen = False
+    if full_set is not None and len(accepted.positions) == len(columns):
+        fingerprint, seen = full_set  # every row is a candidate: the set looked up already
+    elif columns.content_addressed and accepted.identifiers:
+        fingerprint = _identifier_set_digest(accepted.identifiers)
+        seen = StoredIdentifierSet.objects.filter(digest=fingerprint).exists()
     with transaction.atomic():
-        seen = (
-            fingerprint is not None
-            and StoredIdentifierSet.objects.filter(digest=fingerprint).exists()
-        )
         if seen:
             counts.duplicates += len(accepted.positions)
             accepted = _Accepted()
@@ -1034,16 +1059,13 @@ def _differences(
     value: str | Decimal,
 ) -> list[str]:
     """What differs between an accepted candidate and another event with its identifier."""
-    different = []
-    if meter_id != accepted.meter_ids[position]:
-        different.append("event_name")
-    if customer_id != accepted.customer_ids[position]:
-        different.append("customer")
-    if timestamp != accepted.timestamps[position]:
-        different.append("timestamp")
-    if Decimal(value) != Decimal(accepted.values[position]):
-        different.append("value")
-    return different
+    mine = (
+        accepted.meter_ids[position],
+        accepted.customer_ids[position],
+        accepted.timestamps[position],
+        accepted.values[position],
+    )
+    return _content_differences(mine, (meter_id, customer_id, timestamp, value))
 
 
 def _stored_as_columns(row: StoredRow) -> tuple[int, int, int, Decimal]:
@@ -1066,17 +1088,7 @@ def _columns_write_postgres(
     if not count:
         return {}
     with connection.cursor() as cursor:
-        # Already stored identifiers (a re-sent file): a sample probe, then a full one.
-        step = max(1, count // _PROBE_SAMPLE)
-        stored: dict[str, StoredRow] = {}
-        for probe in (
-            (accepted.identifiers[::step], accepted.identifiers)
-            if step > 1
-            else (accepted.identifiers,)
-        ):
-            stored = _pg_stored(cursor, probe)
-            if not stored:
-                break
+        stored = _pg_probe(cursor, accepted.identifiers)
         existing = {first_at[identifier]: row for identifier, row in stored.items()}
         new = [position for position in range(count) if position not in existing]
         if not new:
@@ -1175,11 +1187,7 @@ def _write_postgres(
         # Whatever the probes miss (or a concurrent batch commits meanwhile) is still caught
         # by ON CONFLICT below: the probes only save work.
         existing: dict[int, Any] = {}
-        step = max(1, len(candidates) // _PROBE_SAMPLE)
-        for probe in (candidates[::step], candidates) if step > 1 else (candidates,):
-            stored = _pg_stored(cursor, [c.identifier for c in probe])
-            if not stored:
-                break
+        stored = _pg_probe(cursor, [c.identifier for c in candidates])
         if stored:
             existing = {c.index: stored[c.identifier] for c in candidates if c.identifier in stored}
             candidates = [c for c in candidates if c.identifier not in stored]
@@ -1300,6 +1308,19 @@ def _pg_lock_parents(
         )
         if cursor.fetchone()[0] != len(ids):  # pragma: no cover - nothing deletes them
             raise RuntimeError(f"A row of {table} referred to by new events is gone.")
+
+
+def _pg_probe(cursor: Any, identifiers: list[str]) -> dict[str, StoredRow]:
+    """The stored content of those of ``identifiers`` already taken (a re-sent file). A sample
+    probe first, so that new identifiers do not pay for a full probe that finds nothing;
+    whatever it misses is still caught by the insert's unique index."""
+    step = max(1, len(identifiers) // _PROBE_SAMPLE)
+    stored: dict[str, StoredRow] = {}
+    for probe in (identifiers[::step], identifiers) if step > 1 else (identifiers,):
+        stored = _pg_stored(cursor, probe)
+        if not stored:
+            break
+    return stored
 
 
 def _pg_stored(cursor: Any, identifiers: list[str]) -> dict[str, StoredRow]:
