@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import IO
+from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -113,13 +113,17 @@ def upload_enqueue(*, upload: Upload) -> bool:
     from uploads.tasks import upload_process_task
 
     Upload.objects.filter(pk=upload.pk).update(queued_at=timezone.now())
+    return _send(upload_process_task, upload, "stays queued")
+
+
+def _send(task: Any, upload: Upload, stays: str) -> bool:
+    """Send ``task`` for ``upload`` once, without retrying: False (and a warning saying what
+    the upload ``stays``) when the broker is unreachable; the periodic re-queue sends it."""
     try:
-        with upload_process_task.app.connection_for_write() as connection:
-            upload_process_task.apply_async(args=[upload.pk], connection=connection, retry=False)
+        with task.app.connection_for_write() as connection:
+            task.apply_async(args=[upload.pk], connection=connection, retry=False)
     except Exception:  # any broker failure: kombu, redis, OS errors
-        logger.warning(
-            "Upload %s stays queued: the broker is unreachable.", upload.pk, exc_info=True
-        )
+        logger.warning("Upload %s %s: the broker is unreachable.", upload.pk, stays, exc_info=True)
         return False
     return True
 
@@ -208,17 +212,7 @@ def upload_revert_enqueue(*, upload: Upload) -> bool:
     """Hand a requested revert to the broker; if it is down, the periodic re-queue sends it."""
     from uploads.tasks import upload_revert_task
 
-    try:
-        with upload_revert_task.app.connection_for_write() as connection:
-            upload_revert_task.apply_async(args=[upload.pk], connection=connection, retry=False)
-    except Exception:  # any broker failure: kombu, redis, OS errors
-        logger.warning(
-            "Upload %s: revert stays requested: the broker is unreachable.",
-            upload.pk,
-            exc_info=True,
-        )
-        return False
-    return True
+    return _send(upload_revert_task, upload, "revert stays requested")
 
 
 @transaction.atomic
