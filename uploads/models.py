@@ -58,8 +58,11 @@ class Upload(models.Model):
     rows_imported = models.BigIntegerField(default=0)
     rows_duplicate = models.BigIntegerField(default=0)
     rows_failed = models.BigIntegerField(default=0)
-    # The resume point: data records whose outcome is committed. A retried run skips them.
+    # Data records whose outcome is committed, and which: [start, end) ranges of record
+    # positions, merged. Chunks commit in parallel, so the committed records need not be a
+    # prefix of the file; a retried run skips exactly these.
     records_committed = models.BigIntegerField(default=0)
+    committed_ranges = models.JSONField(default=list, blank=True)
     # {meter pk: {"events": int, "value": "decimal"}} of the rows imported (or, for a
     # validate-only run, the rows that would be).
     meter_totals = models.JSONField(default=dict, blank=True)

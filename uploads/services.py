@@ -17,12 +17,15 @@ Cancellation is honoured between chunks; what was committed stays (revert undoes
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import IO, Any
 
 from django.conf import settings
@@ -44,6 +47,7 @@ from meters.models import AuditEntry, EventBatch, Meter
 from meters.services import audit_record
 from uploads import parsing
 from uploads.models import Upload
+from uploads.writers import ChunkWriters, Turnstile
 
 logger = logging.getLogger(__name__)
 
@@ -387,29 +391,54 @@ def _process(upload: Upload, token: str) -> None:
             upload.status = Upload.Status.IMPORTING
         upload.heartbeat_at = timezone.now()
         upload.save(update_fields=["header", "rows_total", "status", "heartbeat_at"])
-    # Pass 2: import chunk by chunk, resuming after the records already committed.
+    # Pass 2: import chunk by chunk. Records an earlier run committed are read again only to
+    # keep the identical-row counts right.
     builder = parsing.RowBuilder(inspection.header, meters)
+    committed = sorted((low, high) for low, high in upload.committed_ranges)
+    batch = upload.batch
+    turnstile = Turnstile()
+
+    def write(number: int, part: tuple[int, parsing.BuiltChunk]) -> bool:  # a writer thread
+        start, built = part
+        try:
+            return _commit_chunk(
+                upload.pk,
+                token,
+                batch,
+                built,
+                start=start,
+                ids_in_turn=partial(turnstile.turn, number),
+            )
+        finally:
+            turnstile.done(number)
+
+    threads = _writer_threads()
     binary, lines = _open_lines(upload)
     try:
         record_iter = parsing.records(lines, max_line_bytes=max_line_bytes())
         parsing.header_read(record_iter)
         position = 0
-        resume_at = upload.records_committed
-        for chunk in parsing.chunked(record_iter, chunk_rows()):
-            if position + len(chunk) <= resume_at:
-                builder.build_columns(chunk)  # keeps the identical-row counts right
+        # The chunks' many short-lived objects die by reference counting; see gc_paused.
+        with (
+            gc_paused(),
+            ChunkWriters(write, threads=threads) if threads else nullcontext() as writers,
+        ):
+            for number, chunk in enumerate(parsing.chunked(record_iter, chunk_rows())):
+                for start, part, done in _parts(position, chunk, committed):
+                    built = builder.build_columns(part)
+                    if done:
+                        continue
+                    if writers is None:
+                        if not _commit_chunk(upload.pk, token, batch, built, start=start):
+                            return
+                    elif not writers.submit((start, built)):
+                        return
+                    del built
                 position += len(chunk)
-                continue
-            if position < resume_at:  # chunk size changed between runs
-                builder.build_columns(chunk[: resume_at - position])
-                chunk = chunk[resume_at - position :]
-                position = resume_at
-            with gc_paused():  # the chunk's rows too, not only the core's objects
-                built = builder.build_columns(chunk)
-                if not _commit_chunk(upload.pk, token, built, start=position):
-                    return
-                del built
-            position += len(chunk)
+                if number % 50 == 49:
+                    gc.collect()  # what few cycles the chunks made
+            if writers is not None and not writers.close():
+                return
     except parsing.FileProblem as error:
         # The first pass read the same bytes, so only a file changed underneath gets here.
         with transaction.atomic():
@@ -439,51 +468,138 @@ def _rejection_of(row: parsing.ParsedRow) -> RejectionInput:
     )
 
 
-def _commit_chunk(upload_id: int, token: str, built: parsing.BuiltChunk, *, start: int) -> bool:
-    """Ingest one chunk and record the progress in one transaction. False: stop (cancelled)."""
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # Don't wait for the WAL flush of each chunk. Safe: the chunk's events, rollups and
-            # the job's resume point commit in this one transaction, so a commit lost in a
-            # server crash loses them together and the retried run re-imports from the
-            # previous resume point; nothing is counted twice or skipped. (Only this
-            # transaction is affected; the job's final status still commits synchronously.)
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit = off")
-        upload = _locked_owned(upload_id, token)
-        if upload.records_committed != start:
-            raise RunSuperseded
-        now = timezone.now()
-        if upload.cancel_requested_at is not None:
-            _finish(upload, Upload.Status.CANCELLED, now=now)
-            return False
-        parse_failures = [_rejection_of(row) for row in built.errors]
-        if parse_failures:
-            event_rejections_record(batch=upload.batch, rejections=parse_failures)
-        totals = upload.meter_totals
-        if len(built.columns):
-            report = meter_events_ingest_columns(columns=built.columns, batch=upload.batch)
-            upload.rows_imported += report.accepted
-            upload.rows_duplicate += report.duplicates
-            upload.rows_failed += report.rejected
-            for meter_pk, total in report.totals_by_meter.items():
-                entry = totals.setdefault(str(meter_pk), {"events": 0, "value": "0"})
-                entry["events"] += total.event_count
-                entry["value"] = str(Decimal(entry["value"]) + total.value_sum)
-        upload.rows_failed += len(parse_failures)
-        upload.rows_read += built.records
-        upload.records_committed = start + built.records
-        upload.meter_totals = totals
-        upload.heartbeat_at = now
-        upload.save(
-            update_fields=[
-                "rows_imported",
-                "rows_duplicate",
-                "rows_failed",
-                "rows_read",
-                "records_committed",
-                "meter_totals",
-                "heartbeat_at",
-            ]
-        )
+def _writer_threads() -> int:
+    """How many threads commit chunks at once, each on its own connection; 0: the job's own
+    thread does, between chunks (always so inside an enclosing transaction, which other
+    connections could not see)."""
+    if connection.in_atomic_block:
+        return 0
+    default = 2 if connection.vendor == "postgresql" else 1  # SQLite: one writer at a time
+    return _setting("USAGE_UPLOAD_WRITERS", default)
+
+
+def _parts(
+    position: int, chunk: list[parsing.Record], committed: list[tuple[int, int]]
+) -> list[tuple[int, list[parsing.Record], bool]]:
+    """``chunk`` (records from ``position`` on) cut where the committed ranges start and end:
+    (start, records, committed) in order. Usually one part: chunk sizes stay the same."""
+    end = position + len(chunk)
+    parts: list[tuple[int, list[parsing.Record], bool]] = []
+    at = position
+    for low, high in committed:
+        if high <= at or low >= end:
+            continue
+        if low > at:
+            parts.append((at, chunk[at - position : low - position], False))
+            at = low
+        cut = min(high, end)
+        parts.append((at, chunk[at - position : cut - position], True))
+        at = cut
+    if at < end:
+        parts.append((at, chunk[at - position :], False))
+    return parts
+
+
+def _ranges_merged(ranges: list[list[int]], start: int, end: int) -> list[list[int]] | None:
+    """``ranges`` with [start, end) added, adjacent ranges joined; None if it overlaps one."""
+    merged: list[list[int]] = []
+    for low, high in sorted([*ranges, [start, end]]):
+        if merged and low < merged[-1][1]:
+            return None
+        if merged and low == merged[-1][1]:
+            merged[-1][1] = high
+        else:
+            merged.append([low, high])
+    return merged
+
+
+class _CancelRequested(Exception):
+    pass
+
+
+def _commit_chunk(
+    upload_id: int,
+    token: str,
+    batch: EventBatch,
+    built: parsing.BuiltChunk,
+    *,
+    start: int,
+    ids_in_turn: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> bool:
+    """Ingest one chunk and add it to the job's progress, in one transaction. False: stop
+    (the job was cancelled; the chunk is not imported)."""
+    end = start + built.records
+    try:
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                # Don't wait for the WAL flush of each chunk. Safe: the chunk's events,
+                # rollups and its place in the job's progress commit in this one
+                # transaction, so a commit lost in a server crash loses them together and
+                # the retried run imports the chunk again; nothing is counted twice or
+                # skipped. (Only this transaction is affected; the job's final status
+                # still commits synchronously.)
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit = off")
+            _check_owned(upload_id, token)  # unlocked: saves the work of a stopped job
+            parse_failures = [_rejection_of(row) for row in built.errors]
+            if parse_failures:
+                event_rejections_record(batch=batch, rejections=parse_failures)
+            report = None
+            if len(built.columns):
+                report = meter_events_ingest_columns(
+                    columns=built.columns, batch=batch, ids_in_turn=ids_in_turn
+                )
+            # The job's row is locked last: chunks committing at once queue on it only for
+            # the moment their progress takes. The decisive ownership check is this one.
+            upload = _locked_owned(upload_id, token)
+            if upload.cancel_requested_at is not None:
+                raise _CancelRequested
+            ranges = _ranges_merged(upload.committed_ranges, start, end)
+            if ranges is None:
+                raise RunSuperseded  # committed already: only another run can have done it
+            totals = upload.meter_totals
+            if report is not None:
+                upload.rows_imported += report.accepted
+                upload.rows_duplicate += report.duplicates
+                upload.rows_failed += report.rejected
+                for meter_pk, total in report.totals_by_meter.items():
+                    entry = totals.setdefault(str(meter_pk), {"events": 0, "value": "0"})
+                    entry["events"] += total.event_count
+                    entry["value"] = str(Decimal(entry["value"]) + total.value_sum)
+            upload.rows_failed += len(parse_failures)
+            upload.rows_read += built.records
+            upload.records_committed += built.records
+            upload.committed_ranges = ranges
+            upload.meter_totals = totals
+            upload.heartbeat_at = timezone.now()
+            upload.save(
+                update_fields=[
+                    "rows_imported",
+                    "rows_duplicate",
+                    "rows_failed",
+                    "rows_read",
+                    "records_committed",
+                    "committed_ranges",
+                    "meter_totals",
+                    "heartbeat_at",
+                ]
+            )
+    except _CancelRequested:
+        with transaction.atomic():
+            upload = _locked_owned(upload_id, token)
+            _finish(upload, Upload.Status.CANCELLED, now=timezone.now())
+        return False
     return True
+
+
+def _check_owned(upload_id: int, token: str) -> None:
+    """RunSuperseded or _CancelRequested as ``_locked_owned`` would, without the lock."""
+    state = (
+        Upload.objects.filter(pk=upload_id)
+        .values("run_token", "finished_at", "cancel_requested_at")
+        .first()
+    )
+    if state is None or state["run_token"] != token or state["finished_at"] is not None:
+        raise RunSuperseded
+    if state["cancel_requested_at"] is not None:
+        raise _CancelRequested

@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 from django.test import Client
 
-from meters.models import AuditEntry, Customer, EventRejection, Meter, MeterEvent
+from meters.models import AuditEntry, Customer, EventRejection, Meter, MeterEvent, UsageRollup
+from tests.factories import MeterFactory
 from tests.uploads.conftest import HEADER, counted_events, day, post_upload, rollup_total, wait_for
 from uploads.models import Upload
 
@@ -198,3 +199,31 @@ def test_cancel_a_queued_upload_and_a_running_one(
     queued.refresh_from_db()
     assert queued.rows_read == 0  # the worker never touched the cancelled one
     assert AuditEntry.objects.filter(target_id=str(running.pk), action="cancel").exists()
+
+
+def test_chunks_written_at_once_keep_the_files_order_for_last(
+    celery_worker_factory, finance_client: Client, customers
+) -> None:
+    """Chunks commit on several connections at once (two writers on PostgreSQL), yet among
+    rows with the same timestamp the one further down the file is the "last" one, even when
+    a later chunk is quicker to check than the one before it."""
+    gauge = MeterFactory(
+        event_name="seats", display_name="Seats", aggregation_formula=Meter.Formula.LAST
+    )
+    celery_worker_factory(env={"USAGE_UPLOAD_CHUNK_ROWS": "500"})
+    moment = f"{day()}T12:30:00Z"
+    rows = []
+    for number in range(1, 6001):
+        # Every other chunk has identifiers the core checks one by one (a backslash): slow.
+        identifier = f"seat\\{number}" if (number - 1) // 500 % 2 == 0 else ""
+        rows.append(f"{moment},seats,cus_1,{number},{identifier}\n")
+    content = HEADER.rstrip("\n") + ",identifier\n" + "".join(rows)
+    upload = wait_for(post_upload(finance_client, content.encode()))
+
+    assert upload.status == Upload.Status.SUCCEEDED
+    assert (upload.rows_imported, upload.records_committed) == (6000, 6000)
+    assert upload.committed_ranges == [[0, 6000]]
+    events = MeterEvent.objects.filter(batch=upload.batch).order_by("id")
+    assert list(events.values_list("line", flat=True)) == list(range(2, 6002))
+    rollup = UsageRollup.objects.get(meter=gauge)
+    assert (rollup.event_count, rollup.last_value) == (6000, Decimal("6000"))

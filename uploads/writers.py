@@ -1,0 +1,132 @@
+"""Committing an upload's chunks on several database connections at once.
+
+Why: a first import is bound by PostgreSQL (index upkeep of events and rollups, one backend
+per connection), and by the worker's parsing, which waits while its one connection works.
+With writer threads, each with its own connection, chunk N is parsed while chunks N-1 and
+N-2 are written, and the writes of two chunks use both cores. Each chunk still commits in
+one transaction with its share of the job's progress; see ``uploads.services``.
+
+The threads wait on the database with the GIL released, so they overlap with the parsing
+thread; their own Python work (validation, COPY text) takes turns with it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+from django.db import connections
+
+Item = TypeVar("Item")
+
+
+class Turnstile:
+    """Lets numbered chunks through a section in number order, without making one wait for a
+    later one: a chunk that never enters the section is marked ``done`` and skipped."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._done: set[int] = set()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def turn(self, number: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._next >= number)
+        try:
+            yield
+        finally:
+            self.done(number)
+
+    def done(self, number: int) -> None:
+        """``number`` is through (or will never enter); never waits."""
+        with self._changed:
+            self._done.add(number)
+            while self._next in self._done:
+                self._done.discard(self._next)
+                self._next += 1
+            self._changed.notify_all()
+
+
+class WriterStopped(Exception):
+    """A writer asked the pipeline to stop (the job was cancelled)."""
+
+
+class ChunkWriters(Generic[Item]):
+    """``threads`` threads applying ``write(number, item)`` to submitted items, numbered in
+    submission order. ``write`` returns False to stop the pipeline; an exception in any
+    thread stops it too and is raised again by ``submit`` or ``close`` in the caller.
+
+    At most ``threads`` items are being written and one more waits, so memory stays bounded.
+    Each thread closes its database connections when it ends.
+    """
+
+    def __init__(self, write: Callable[[int, Item], bool], *, threads: int) -> None:
+        self._write = write
+        self._items: queue.Queue[tuple[int, Item] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._submitted = 0
+        self._threads = [
+            threading.Thread(target=self._run, name=f"upload-writer-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (entry := self._items.get()) is not None:
+                if self._stopped.is_set():
+                    continue  # drain: the pipeline stops
+                number, item = entry
+                try:
+                    if not self._write(number, item):
+                        self._stopped.set()
+                except BaseException as error:  # handed to the caller
+                    if self._error is None:
+                        self._error = error
+                    self._stopped.set()
+        finally:
+            connections.close_all()
+
+    def submit(self, item: Item) -> bool:
+        """Queue ``item``; False once the pipeline has stopped (then nothing is queued)."""
+        entry = (self._submitted, item)
+        while not self._stopped.is_set():
+            try:
+                self._items.put(entry, timeout=0.2)
+            except queue.Full:
+                continue
+            self._submitted += 1
+            return True
+        self._raise_error()
+        return False
+
+    def close(self) -> bool:
+        """Wait for every queued item; True when all were written, False when stopped."""
+        self._join()
+        self._raise_error()
+        return not self._stopped.is_set()
+
+    def _join(self) -> None:
+        for _ in self._threads:
+            self._items.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    def __enter__(self) -> ChunkWriters[Item]:
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if self._threads:  # left early (an error in the caller): stop without writing more
+            self._stopped.set()
+            self._join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
