@@ -39,6 +39,8 @@ from itertools import islice
 from typing import IO, NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from meters.ingestion import EventColumns, EventInput
 
@@ -468,28 +470,29 @@ class OccurrenceCounter:
             seen |= run[positions] == keys
         return seen
 
-    def count(self, keys: list[int]) -> list[int]:
+    def count(self, keys: Sequence[int] | np.ndarray) -> list[int]:
         """Occurrences before each key, in order; then remembers them."""
-        if not keys:
+        array = np.asarray(keys, dtype=np.uint64)
+        if not len(array):
             return []
-        array = np.array(keys, dtype=np.uint64)
-        seen_before = self._seen(array)
-        local: dict[int, int] = {}
-        repeats = self._repeats
-        result: list[int] = []
-        for key, prior in zip(keys, seen_before.tolist(), strict=True):
-            if key in local:
-                occurrence = local[key]
-            elif key in repeats:
-                occurrence = repeats[key]
-            else:
-                occurrence = 1 if prior else 0
-            result.append(occurrence)
-            local[key] = occurrence + 1
-        for key, after in local.items():
-            if after > 1:
-                repeats[key] = after
-        fresh = np.unique(array[~seen_before])
+        # Group equal keys: a key's occurrences in this chunk are numbered in file order
+        # (a stable sort keeps it), after those counted in earlier chunks.
+        order = np.argsort(array, kind="stable")
+        ordered = array[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        sizes = np.diff(np.r_[starts, len(ordered)])
+        unique = ordered[starts]
+        seen = self._seen(unique)
+        before = np.zeros(len(unique), dtype=np.int64)
+        for group in np.flatnonzero(seen).tolist():  # rare: keys met in earlier chunks
+            before[group] = self._repeats.get(int(unique[group]), 1)
+        group_of = np.repeat(np.arange(len(unique)), sizes)
+        occurrences = np.empty(len(array), dtype=np.int64)
+        occurrences[order] = before[group_of] + np.arange(len(array)) - starts[group_of]
+        after = before + sizes
+        for group in np.flatnonzero(after > 1).tolist():  # rare: keys that repeat
+            self._repeats[int(unique[group])] = int(after[group])
+        fresh = unique[~seen]  # sorted, distinct
         if len(fresh):
             self._runs.append(fresh)
             while (
@@ -504,7 +507,7 @@ class OccurrenceCounter:
                 del last
                 self._runs[-1] = merged
                 merged.sort()
-        return result
+        return occurrences.tolist()  # type: ignore[no-any-return]
 
 
 def content_digest(event_name: str, customer: str, timestamp: int, normalized: str) -> bytes:
@@ -563,9 +566,9 @@ class RowBuilder:
                 errors.append(ParsedRow(record.line, {}, error=record.error))
                 continue
             fields = record.fields
-            if "'" in "".join(fields):  # rare: only then look for escaped cells
-                fields = [unescape_cell(value) for value in fields]
             if len(fields) != width:
+                if "'" in "".join(fields):
+                    fields = [unescape_cell(value) for value in fields]
                 extra = fields[width:]
                 message = f"This line has {len(fields)} values but the header has {width} columns."
                 if extra:
@@ -577,12 +580,12 @@ class RowBuilder:
             lines.append(record.line)
         # Column by column from here: one list operation per column instead of per-row steps.
         columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in header]
-        names = [value.strip() for value in columns[self.event_index]]
-        texts = [value.strip() for value in columns[self.timestamp_index]]
-        timestamps = [
-            int(text) if text.isascii() and text.isdigit() and len(text) <= 11 else None
-            for text in texts
-        ]
+        if any("'" in "".join(column) for column in columns):  # rare: escaped cells, maybe
+            rows = [[unescape_cell(value) for value in fields] for fields in rows]
+            columns = [list(column) for column in zip(*rows, strict=True)]
+        names = _stripped(columns[self.event_index])
+        texts = _stripped(columns[self.timestamp_index])
+        timestamps = _unix_seconds_or_none(texts)
         refused: set[int] = set()
         if not all(names) or None in timestamps:
             for position, (name, timestamp) in enumerate(zip(names, timestamps, strict=True)):
@@ -594,11 +597,9 @@ class RowBuilder:
                         raw = RawRow(header, rows[position])
                         errors.append(ParsedRow(lines[position], raw, error=read))
                         refused.add(position)
-        payload = {
-            key: [value.strip() for value in columns[index]] for index, key in self.payload_columns
-        }
+        payload = {key: _stripped(columns[index]) for index, key in self.payload_columns}
         identifiers = (
-            [value.strip() for value in columns[self.identifier_index]]
+            _stripped(columns[self.identifier_index])
             if self.identifier_index is not None
             else [""] * len(rows)
         )
@@ -652,30 +653,92 @@ class RowBuilder:
         missing = [position for position, identifier in enumerate(identifiers) if not identifier]
         if not missing:
             return
-        empty = [""] * len(names)
-        used = set(names)
-        content_columns = {
-            name: (payload.get(meter.customer_key, empty), payload.get(meter.value_key, empty))
-            for name, meter in self.meters.items()
-            if name in used
-        }
-        nothing = (empty, empty)
-        normal: dict[str, str] = {}  # value as written -> normalized; values repeat a lot
-        digests = []
-        for position in missing:
-            name = names[position]
-            customers, values = content_columns.get(name, nothing)
-            value = values[position]
-            normalized = normal.get(value)
-            if normalized is None:
-                normalized = normal[value] = normalized_value(value)
-            digests.append(
-                content_digest(name, customers[position], timestamps[position], normalized)
-            )
-        keys = [int.from_bytes(digest[:8], "big") for digest in digests]
-        occurrences = self.occurrences.count(keys)
-        for position, digest, occurrence in zip(missing, digests, occurrences, strict=True):
-            identifiers[position] = derived_identifier(digest, occurrence)
+        # Column by column in Arrow; only the hashing and the rare unusual value are per row.
+        taken = pa.array(missing, type=pa.int64())
+        row_names = pa.array(names, type=pa.string()).take(taken)
+        nothing = pa.array([""] * len(missing), type=pa.string())
+        arrays: dict[str, pa.Array] = {}
+
+        def payload_column(key: str) -> pa.Array:
+            if key not in payload:
+                return nothing
+            if key not in arrays:
+                arrays[key] = pa.array(payload[key], type=pa.string()).take(taken)
+            return arrays[key]
+
+        customers = values = nothing
+        for name in set(names):
+            meter = self.meters.get(name)
+            if meter is None:
+                continue  # an unknown meter: no customer or value (the core refuses the row)
+            of_meter = pc.equal(row_names, name)
+            customers = pc.if_else(of_meter, payload_column(meter.customer_key), customers)
+            values = pc.if_else(of_meter, payload_column(meter.value_key), values)
+        content = pc.binary_join_element_wise(
+            row_names,
+            customers,
+            pa.array(timestamps, type=pa.int64()).take(taken).cast(pa.string()),
+            _normalized_values(values),
+            "\x1f",
+        )
+        blake2b = hashlib.blake2b
+        digests = b"".join(
+            [
+                blake2b(text, digest_size=16).digest()
+                for text in content.cast(pa.binary()).to_pylist()
+            ]
+        )
+        keys = np.frombuffer(digests, dtype=">u8")[::2]  # a digest's first 8 bytes
+        occurrences = pa.array(self.occurrences.count(keys), type=pa.int64())
+        made = pc.binary_join_element_wise(
+            "csv_", _hex(digests), "_", occurrences.cast(pa.string()), ""
+        ).to_pylist()
+        if len(missing) == len(identifiers):
+            identifiers[:] = made
+        else:
+            for position, identifier in zip(missing, made, strict=True):
+                identifiers[position] = identifier
+
+
+def _stripped(column: list[str]) -> list[str]:
+    """The column's values without whitespace at either end."""
+    return [value.strip() for value in column]
+
+
+def _unix_seconds_or_none(texts: list[str]) -> list[int | None]:
+    """Each text as Unix seconds when it is written as such (ASCII digits, at most 11),
+    else None. In Arrow: it is the usual timestamp column."""
+    column = pa.array(texts, type=pa.string())
+    usual = pc.match_substring_regex(column, r"^[0-9]{1,11}$")
+    if pc.all(usual).as_py() is not False:
+        return column.cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
+    return pc.if_else(usual, column, None).cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
+
+
+_PLAIN_NORMAL = r"^(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$"  # already as normalized_value makes it
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _normalized_values(values: pa.Array) -> pa.Array:
+    """``normalized_value`` of each value: in Arrow for empty and already normal values (the
+    usual ones), in Python for the rest."""
+    usual = pc.or_(pc.equal(values, ""), pc.match_substring_regex(values, _PLAIN_NORMAL))
+    if pc.all(usual).as_py():
+        return values
+    texts = values.to_pylist()
+    for position in np.flatnonzero(~usual.to_numpy(zero_copy_only=False)).tolist():
+        texts[position] = normalized_value(texts[position])
+    return pa.array(texts, type=pa.string())
+
+
+def _hex(digests: bytes) -> pa.Array:
+    """The 16-byte digests laid end to end in ``digests``, as 32 lowercase hex digits each."""
+    raw = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 16)
+    digits = np.empty((len(raw), 32), dtype=np.uint8)
+    digits[:, 0::2] = _HEX_DIGITS[raw >> 4]
+    digits[:, 1::2] = _HEX_DIGITS[raw & 15]
+    offsets = np.arange(0, 32 * (len(raw) + 1), 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(raw), pa.py_buffer(offsets), pa.py_buffer(digits))
 
 
 class RawRows(Sequence[Mapping[str, str]]):

@@ -425,6 +425,8 @@ def _process(upload: Upload, token: str) -> None:
         ):
             for number, chunk in enumerate(parsing.chunked(record_iter, chunk_rows())):
                 for start, part, done in _parts(position, chunk, committed):
+                    if not done and writers is not None and not writers.reserve():
+                        return
                     built = builder.build_columns(part)
                     if done:
                         continue

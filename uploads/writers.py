@@ -60,8 +60,9 @@ class ChunkWriters(Generic[Item]):
     submission order. ``write`` returns False to stop the pipeline; an exception in any
     thread stops it too and is raised again by ``submit`` or ``close`` in the caller.
 
-    At most ``threads`` items are being written and one more waits, so memory stays bounded.
-    Each thread closes its database connections when it ends.
+    Memory stays bounded: the caller calls ``reserve`` before making an item, so at most
+    ``threads`` items are being written and one more is made or waits. Each thread closes its
+    database connections when it ends.
     """
 
     def __init__(self, write: Callable[[int, Item], bool], *, threads: int) -> None:
@@ -70,6 +71,7 @@ class ChunkWriters(Generic[Item]):
         self._error: BaseException | None = None
         self._stopped = threading.Event()
         self._submitted = 0
+        self._room = threading.Semaphore(threads + 1)
         self._threads = [
             threading.Thread(target=self._run, name=f"upload-writer-{n}", daemon=True)
             for n in range(threads)
@@ -90,8 +92,19 @@ class ChunkWriters(Generic[Item]):
                     if self._error is None:
                         self._error = error
                     self._stopped.set()
+                finally:
+                    del entry, item
+                    self._room.release()
         finally:
             connections.close_all()
+
+    def reserve(self) -> bool:
+        """Wait until there is room for one more item; False once the pipeline has stopped."""
+        while not self._stopped.is_set():
+            if self._room.acquire(timeout=0.2):
+                return True
+        self._raise_error()
+        return False
 
     def submit(self, item: Item) -> bool:
         """Queue ``item``; False once the pipeline has stopped (then nothing is queued)."""

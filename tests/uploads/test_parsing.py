@@ -99,6 +99,37 @@ def test_identical_rows_get_distinct_stable_identifiers() -> None:
     assert [row.event.identifier for row in parse(data) if row.event] == first
 
 
+def test_derived_identifiers_never_change_between_versions() -> None:
+    """A file imported by an earlier version and uploaded again must find its rows: these
+    identifiers were made by the first version that derived them, and stay."""
+    data = (
+        "timestamp,event_name,payload_stripe_customer_id,payload_value,payload_account,"
+        "payload_tokens\n"
+        "2024-09-23,api_calls,cus_1,5,,\n"
+        "2024-09-23,api_calls,cus_1,5.0,,\n"
+        "2024-09-23,api_calls,cus_1,5,,\n"
+        "2024-09-23T10:00:00+05:30,api_calls,cus_ü,0.50,,\n"
+        "1727049600,api_calls,cus_1,1e2,,\n"
+        "1727049600,api_calls,cus_1,,,\n"
+        "1727049600,tokens,cus_1,,acct_9,12.000\n"
+        "1727049600,unknown_meter,cus_1,3,,\n"
+        "1969-12-31,api_calls,cus_1,007,,\n"
+        "2024-09-23,api_calls,cus_1,5,,\n"
+    ).encode()
+    assert [row.event.identifier for row in parse(data) if row.event] == [
+        "csv_88eececc49fded79beb5d65c73719610_0",
+        "csv_88eececc49fded79beb5d65c73719610_1",
+        "csv_88eececc49fded79beb5d65c73719610_2",
+        "csv_597e6fce9c7c54ab8567bc1dad75e700_0",
+        "csv_7e21b3676d190825310280f0c1ea353a_0",
+        "csv_51af9af4cc3a3f2beb48b0d5b8a3bedd_0",
+        "csv_bd63ea3a2e6e20ad1b53c945123a4c92_0",
+        "csv_d67ea912c34893e3334699df7ae74402_0",
+        "csv_38c6f41612ff91d67a6ca7dd8074d7bc_0",
+        "csv_88eececc49fded79beb5d65c73719610_3",
+    ]
+
+
 def test_corrected_row_keeps_the_other_rows_identifiers() -> None:
     header = b"timestamp,event_name,payload_stripe_customer_id,payload_value\n"
     original = header + b"2024-09-23,api_calls,cus_1,5\nnot-a-date,api_calls,cus_2,1\n"

@@ -1,10 +1,17 @@
-"""The turnstile that keeps event ids in file order while chunks commit at once."""
+"""Committing an upload's chunks at once: event ids in file order, errors handed back, and
+exact resume points."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from uploads import parsing
+from uploads.services import _parts, _ranges_merged
 from uploads.writers import ChunkWriters, Turnstile
 
 
@@ -52,3 +59,37 @@ def test_writers_stop_on_the_first_error_and_hand_it_to_the_caller() -> None:
         raised = error
     assert str(raised) == "chunk 3 failed"
     assert 3 not in written and len(written) < 99  # it stopped, not only skipped the one
+
+
+@given(
+    total=st.integers(1, 60),
+    first_size=st.integers(1, 9),
+    second_size=st.integers(1, 9),
+    committed_share=st.randoms(use_true_random=False),
+)
+def test_a_retried_run_imports_exactly_the_records_no_chunk_committed(
+    total: int, first_size: int, second_size: int, committed_share: random.Random
+) -> None:
+    """A first run commits some of its chunks, in any order (chunks commit at once), then
+    dies; the retry, with another chunk size, commits the rest: every record exactly once."""
+    records = [parsing.Record(line, []) for line in range(total)]
+    ranges: list[list[int]] = []
+    for start in range(0, total, first_size):
+        if committed_share.random() < 0.5:
+            merged = _ranges_merged(ranges, start, min(start + first_size, total))
+            assert merged is not None
+            ranges = merged
+    committed = [(low, high) for low, high in ranges]
+    imported = [record.line for low, high in committed for record in records[low:high]]
+    for position in range(0, total, second_size):
+        chunk = records[position : position + second_size]
+        for start, part, done in _parts(position, chunk, committed):
+            assert [record.line for record in part] == list(range(start, start + len(part)))
+            if not done:
+                imported += [record.line for record in part]
+                merged = _ranges_merged(ranges, start, start + len(part))
+                assert merged is not None  # never committed twice
+                ranges = merged
+    assert sorted(imported) == list(range(total))
+    assert ranges == [[0, total]]
+    assert _ranges_merged(ranges, 0, 1) is None
