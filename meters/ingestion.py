@@ -784,6 +784,7 @@ def _window_of(meter: Meter, timestamp: datetime) -> tuple[datetime, datetime]:
 # written with COPY. Every other row goes through ``_validate``, the same function every
 # source uses, so codes, messages and the order of checks are the same on both paths.
 _PLAIN_VALUE = re.compile(r"\d+(?:\.\d+)?")  # at most 15 characters: at most 15 digits
+_PLAIN_VALUES = re.compile(r"(?:\d+(?:\.\d+)?\n)+")  # the same, for values joined by "\n"
 _JSON_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
@@ -920,78 +921,84 @@ def _columns_ingest_postgres(
             for position, text in zip(missing, made, strict=True):
                 accepted.payloads[position] = text
 
-    add_position, add_identifier = accepted.positions.append, accepted.identifiers.append
-    add_meter, add_customer = accepted.meter_ids.append, accepted.customer_ids.append
-    add_timestamp, add_value = accepted.timestamps.append, accepted.values.append
-    add_payload = accepted.payloads.append
-    for index, name in enumerate(names):
-        spec = specs.get(name)
-        identifier = identifiers[index]
-        timestamp = timestamps[index]
-        if spec is not None and oldest <= timestamp <= newest and len(identifier) <= 100:
-            meter, customer_column, value_column, counts_events = spec
-            customer_id = customers.get(customer_column[index])
-            value = value_column[index]
-            if not value and counts_events:
-                value = "1"
-            payload_json: str | None = None
-            candidate: tuple[int, int, int, str] | None = None
-            if (
-                customer_id is not None
-                and len(value) <= MAX_VALUE_DIGITS
-                and _PLAIN_VALUE.fullmatch(value)
-                and "\\" not in identifier
-                and "\x00" not in identifier
-            ):
-                payload_json = "" if plain_chunk else plain_payload_json(index)
-                if payload_json is not None:
-                    candidate = (meter.pk, customer_id, timestamp, value)
-        else:
-            candidate = None
-        if candidate is None:  # anything unusual: the exact, per-event checks
-            try:
-                checked = _validate(index, columns.event_input(index), ctx)
-            except _Rejected as rejected:
-                reject(
-                    index,
-                    rejected.code,
-                    rejected.message,
-                    rejected.param,
-                    ctx.meters.get(_clean(name)),
-                )
-                continue
-            identifier = checked.identifier
-            candidate = (
-                checked.meter.pk,
-                checked.customer_id,
-                int(checked.timestamp.timestamp()),
-                str(checked.value),
-            )
-            payload_json = checked.payload_json
-        if not identifier:
-            identifier = new_identifier()
-        earlier = first_at.get(identifier)
-        if earlier is not None:
-            differences = _differences(accepted, earlier, *candidate)
-            if differences:
-                reject(
-                    index,
-                    Code.DUPLICATE_CONFLICT,
-                    _conflict_message(identifier, differences, "earlier in this batch"),
-                    "identifier",
-                    meters_by_pk[candidate[0]],
-                )
+    # Usually every row of a chunk is plain (known active meter, customer found, plain
+    # value, distinct identifiers): then the rows are accepted column by column.
+    if not (
+        plain_chunk
+        and _accept_plain_chunk(columns, specs, customers, (oldest, newest), accepted, first_at)
+    ):
+        add_position, add_identifier = accepted.positions.append, accepted.identifiers.append
+        add_meter, add_customer = accepted.meter_ids.append, accepted.customer_ids.append
+        add_timestamp, add_value = accepted.timestamps.append, accepted.values.append
+        add_payload = accepted.payloads.append
+        for index, name in enumerate(names):
+            spec = specs.get(name)
+            identifier = identifiers[index]
+            timestamp = timestamps[index]
+            if spec is not None and oldest <= timestamp <= newest and len(identifier) <= 100:
+                meter, customer_column, value_column, counts_events = spec
+                customer_id = customers.get(customer_column[index])
+                value = value_column[index]
+                if not value and counts_events:
+                    value = "1"
+                payload_json: str | None = None
+                candidate: tuple[int, int, int, str] | None = None
+                if (
+                    customer_id is not None
+                    and len(value) <= MAX_VALUE_DIGITS
+                    and _PLAIN_VALUE.fullmatch(value)
+                    and "\\" not in identifier
+                    and "\x00" not in identifier
+                ):
+                    payload_json = "" if plain_chunk else plain_payload_json(index)
+                    if payload_json is not None:
+                        candidate = (meter.pk, customer_id, timestamp, value)
             else:
-                counts.duplicates += 1
-            continue
-        first_at[identifier] = len(accepted.positions)
-        add_position(index)
-        add_identifier(identifier)
-        add_meter(candidate[0])
-        add_customer(candidate[1])
-        add_timestamp(candidate[2])
-        add_value(candidate[3])
-        add_payload(payload_json or "")
+                candidate = None
+            if candidate is None:  # anything unusual: the exact, per-event checks
+                try:
+                    checked = _validate(index, columns.event_input(index), ctx)
+                except _Rejected as rejected:
+                    reject(
+                        index,
+                        rejected.code,
+                        rejected.message,
+                        rejected.param,
+                        ctx.meters.get(_clean(name)),
+                    )
+                    continue
+                identifier = checked.identifier
+                candidate = (
+                    checked.meter.pk,
+                    checked.customer_id,
+                    int(checked.timestamp.timestamp()),
+                    str(checked.value),
+                )
+                payload_json = checked.payload_json
+            if not identifier:
+                identifier = new_identifier()
+            earlier = first_at.get(identifier)
+            if earlier is not None:
+                differences = _differences(accepted, earlier, *candidate)
+                if differences:
+                    reject(
+                        index,
+                        Code.DUPLICATE_CONFLICT,
+                        _conflict_message(identifier, differences, "earlier in this batch"),
+                        "identifier",
+                        meters_by_pk[candidate[0]],
+                    )
+                else:
+                    counts.duplicates += 1
+                continue
+            first_at[identifier] = len(accepted.positions)
+            add_position(index)
+            add_identifier(identifier)
+            add_meter(candidate[0])
+            add_customer(candidate[1])
+            add_timestamp(candidate[2])
+            add_value(candidate[3])
+            add_payload(payload_json or "")
 
     # Its events all stored before (the same file again): every event is a duplicate.
     fingerprint: str | None = None
@@ -1057,6 +1064,60 @@ def _columns_ingest_postgres(
 
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def _accept_plain_chunk(
+    columns: EventColumns,
+    specs: dict[str, tuple[Meter, list[str], list[str], bool]],
+    customers: dict[str, int],
+    window: tuple[int, int],
+    accepted: _Accepted,
+    first_at: dict[str, int],
+) -> bool:
+    """Accept every row of ``columns`` at once if every row passes the checks that the
+    per-row loop's fast path makes (then it would accept them all the same way); False,
+    with nothing changed, if any row does not."""
+    names, identifiers, timestamps = columns.event_names, columns.identifiers, columns.timestamps
+    count = len(names)
+    used = set(names)
+    if not count or not used <= specs.keys():
+        return False  # an unknown or inactive meter
+    oldest, newest = window
+    if min(timestamps) < oldest or max(timestamps) > newest:
+        return False
+    joined = "".join(identifiers)
+    if (
+        len(set(identifiers)) != count
+        or "\\" in joined
+        or "\x00" in joined
+        or min(map(len, identifiers)) == 0
+        or max(map(len, identifiers)) > 100
+    ):
+        return False
+    meter_ids = [specs[name][0].pk for name in names]
+    if len(used) == 1:
+        _meter, refs, values, counts_events = specs[next(iter(used))]
+        values = [value or "1" for value in values] if counts_events else values
+    else:
+        refs = [specs[name][1][index] for index, name in enumerate(names)]
+        values = []
+        for index, name in enumerate(names):
+            value = specs[name][2][index]
+            values.append("1" if not value and specs[name][3] else value)
+    customer_ids = [customers.get(ref) for ref in refs]
+    if None in customer_ids or max(map(len, values)) > MAX_VALUE_DIGITS:
+        return False
+    if not _PLAIN_VALUES.fullmatch("\n".join(values) + "\n"):
+        return False
+    accepted.positions[:] = range(count)
+    accepted.identifiers[:] = identifiers
+    accepted.meter_ids[:] = meter_ids
+    accepted.customer_ids[:] = customer_ids  # type: ignore[assignment]
+    accepted.timestamps[:] = timestamps
+    accepted.values[:] = values
+    accepted.payloads[:] = [""] * count
+    first_at.update(zip(identifiers, range(count), strict=True))
+    return True
 
 
 def _plain_payloads_json(

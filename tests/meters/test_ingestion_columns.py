@@ -139,6 +139,52 @@ def test_columns_and_single_events_end_the_same(db) -> None:
     assert customers["cus_1"].pk == by_columns["events"]["a-1"][1]
 
 
+PLAIN_ROWS = [  # every row plain: the chunk is accepted column by column
+    ("api_calls", T, "p-1", "cus_1", "5", ""),
+    ("logins", T + 10, "p-2", "cus_2", "", "x"),  # count meter: no value, counts 1
+    ("storage", T + 20, "p-3", "cus_1", "10.25", ""),
+    ("storage", T + 20, "p-4", "cus_1", "7", ""),  # same second: the later row is last
+    ("api_calls", T + 3600, "p-5", "cus_2", "0.5", ""),
+    ("logins", T + 3700, "p-6", "cus_1", "3", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        (PLAIN_ROWS, (6, 0, 0)),
+        ([*PLAIN_ROWS, ("api_calls", T, "p-1", "cus_1", "5", "")], (6, 1, 0)),  # not plain
+        ([*PLAIN_ROWS, ("logins", T, "p-9", "cus_404", "", "")], (6, 0, 1)),  # not plain
+    ],
+)
+def test_a_plain_chunk_ends_as_it_would_one_by_one(
+    db, rows: list[tuple], expected: tuple[int, int, int]
+) -> None:
+    MeterFactory(event_name="api_calls")
+    MeterFactory(event_name="logins", aggregation_formula="count")
+    MeterFactory(event_name="storage", aggregation_formula="last")
+    for ref in ("cus_1", "cus_2"):
+        CustomerFactory(external_id=ref)
+
+    with transaction.atomic():
+        savepoint = transaction.savepoint()
+        batch = event_batch_create(source=EventBatch.Source.CSV)
+        counts = meter_events_ingest_columns(columns=columns_of(rows), batch=batch, now=NOW)
+        by_columns = snapshot(batch)
+        transaction.savepoint_rollback(savepoint)
+    batch = event_batch_create(source=EventBatch.Source.CSV)
+    columns = columns_of(rows)
+    report = meter_events_ingest(
+        events=[columns.event_input(index) for index in range(len(rows))], batch=batch, now=NOW
+    )
+
+    assert (counts.accepted, counts.duplicates, counts.rejected) == expected
+    assert (report.accepted, report.duplicates, report.rejected) == expected
+    assert counts.totals_by_meter == report.totals_by_meter
+    assert by_columns == snapshot(batch)
+    assert by_columns["events"]["p-2"][3] == Decimal(1)
+
+
 def test_an_identifier_the_sample_probe_missed_is_still_a_duplicate(db) -> None:
     api = MeterFactory(event_name="api_calls")
     CustomerFactory(external_id="cus_1")
