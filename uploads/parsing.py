@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from itertools import islice
-from typing import IO, NamedTuple
+from pathlib import Path
+from typing import IO, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -510,6 +511,96 @@ class OccurrenceCounter:
         return occurrences.tolist()  # type: ignore[no-any-return]
 
 
+class Counter(Protocol):
+    def count(self, keys: Sequence[int] | np.ndarray) -> list[int]: ...
+
+
+class ExternalCounter:
+    """``OccurrenceCounter``'s answers for a file too large to remember its keys in memory,
+    worked out on disk in an extra pass: memory stays bounded whatever the file's size.
+
+    The extra pass makes the same ``count`` calls as the import will, with a ``recorder``:
+    it writes each key with its position (the number of keys before it) into one of 256
+    bucket files by the key's first byte. ``finish`` sorts each bucket by (key, position),
+    numbers the repeats, and files the positions of repeated keys (the only ones whose
+    occurrence is not 0) by position range. Then ``count`` answers in order from those
+    files. Disk: 16 bytes per key while sorting, 16 per repeated row after.
+    """
+
+    _BUCKETS = 256
+
+    def __init__(self, folder: Path, *, range_size: int = 1 << 20) -> None:
+        self._folder = folder
+        self._RANGE = range_size  # positions per file of repeats
+        self._position = 0  # keys counted so far, for the recorder and the reader alike
+        self._buckets = [folder / f"keys-{n:03d}.bin" for n in range(self._BUCKETS)]
+        self._loaded: tuple[int, tuple[np.ndarray, np.ndarray]] = (-1, (np.empty(0), np.empty(0)))
+        self.recorder = _KeyRecorder(self)
+
+    def finish(self) -> None:
+        """After the extra pass: number the repeats, file them by position range."""
+        for path in self._buckets:
+            if not path.exists():
+                continue
+            pairs = np.fromfile(path, dtype=np.uint64).reshape(-1, 2)
+            path.unlink()
+            order = np.lexsort((pairs[:, 1], pairs[:, 0]))  # by key, then position
+            keys, positions = pairs[order, 0], pairs[order, 1]
+            del pairs, order
+            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+            sizes = np.diff(np.r_[starts, len(keys)])
+            ranks = np.arange(len(keys)) - np.repeat(starts, sizes)
+            repeated = ranks > 0
+            found = np.stack((positions[repeated], ranks[repeated].astype(np.uint64)), axis=1)
+            for block in np.unique(found[:, 0] // self._RANGE).tolist():
+                in_block = found[found[:, 0] // self._RANGE == block]
+                with (self._folder / f"repeats-{block}.bin").open("ab") as out:
+                    in_block.tofile(out)
+        self._position = 0
+
+    def _record(self, keys: np.ndarray) -> list[int]:
+        positions = np.arange(self._position, self._position + len(keys), dtype=np.uint64)
+        self._position += len(keys)
+        pairs = np.stack((keys, positions), axis=1)
+        first_bytes = (keys >> np.uint64(56)).astype(np.int64)
+        for bucket in np.unique(first_bytes).tolist():
+            with self._buckets[bucket].open("ab") as out:
+                pairs[first_bytes == bucket].tofile(out)
+        return [0] * len(keys)
+
+    def count(self, keys: Sequence[int] | np.ndarray) -> list[int]:
+        """Occurrences before each key, in order, as worked out by the extra pass."""
+        start, end = self._position, self._position + len(keys)
+        self._position = end
+        occurrences = np.zeros(len(keys), dtype=np.int64)
+        for block in range(start // self._RANGE, (end - 1) // self._RANGE + 1 if end else 0):
+            positions, ranks = self._repeats_in(block)
+            low, high = np.searchsorted(positions, [start, end])
+            occurrences[positions[low:high].astype(np.int64) - start] = ranks[low:high]
+        return occurrences.tolist()  # type: ignore[no-any-return]
+
+    def _repeats_in(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, ranks) of the repeated keys in one position range, by position."""
+        if self._loaded[0] != block:
+            path = self._folder / f"repeats-{block}.bin"
+            pairs = np.fromfile(path, dtype=np.uint64).reshape(-1, 2) if path.exists() else None
+            if pairs is None:
+                pairs = np.empty((0, 2), dtype=np.uint64)
+            pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+            self._loaded = (block, (pairs[:, 0].copy(), pairs[:, 1].astype(np.int64)))
+        return self._loaded[1]
+
+
+class _KeyRecorder:
+    """The extra pass's counter: records keys, answers 0 (its identifiers are not used)."""
+
+    def __init__(self, counter: ExternalCounter) -> None:
+        self._counter = counter
+
+    def count(self, keys: Sequence[int] | np.ndarray) -> list[int]:
+        return self._counter._record(np.asarray(keys, dtype=np.uint64))
+
+
 def content_digest(event_name: str, customer: str, timestamp: int, normalized: str) -> bytes:
     """What a row without an identifier is: its event name, customer, Unix seconds and value
     (already passed through ``normalized_value``)."""
@@ -529,7 +620,12 @@ class RowBuilder:
     rows before them, so re-uploading a file (or a corrected one) never counts a row twice.
     """
 
-    def __init__(self, header: list[str], meters: Mapping[str, MeterKeys]) -> None:
+    def __init__(
+        self,
+        header: list[str],
+        meters: Mapping[str, MeterKeys],
+        occurrences: Counter | None = None,
+    ) -> None:
         self.header = header
         self.width = len(header)
         self.meters = meters
@@ -543,7 +639,7 @@ class RowBuilder:
             for index, name in enumerate(header)
             if name.startswith(PAYLOAD_PREFIX) and len(name) > len(PAYLOAD_PREFIX)
         ]
-        self.occurrences = OccurrenceCounter()
+        self.occurrences = occurrences or OccurrenceCounter()
 
     def build(self, chunk: list[Record]) -> list[ParsedRow]:
         """The chunk's rows one by one, in file order (``build_columns`` as objects)."""

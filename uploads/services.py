@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
@@ -413,8 +415,15 @@ def _process(upload: Upload, token: str) -> None:
             turnstile.done(number)
 
     threads = _writer_threads()
+    # A file too large for the identical-row counter's memory has it worked out on disk.
+    large = (upload.rows_total or 0) > _setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000)
+    scratch = tempfile.TemporaryDirectory(prefix="upload-counts-") if large else None
     binary, lines = _open_lines(upload)
     try:
+        if scratch is not None:
+            builder.occurrences = _occurrences_counted_on_disk(
+                upload, inspection.header, meters, Path(scratch.name)
+            )
         record_iter = parsing.records(lines, max_line_bytes=max_line_bytes())
         parsing.header_read(record_iter)
         position = 0
@@ -449,6 +458,8 @@ def _process(upload: Upload, token: str) -> None:
         return
     finally:
         binary.close()
+        if scratch is not None:
+            scratch.cleanup()
     with transaction.atomic():
         upload = _locked_owned(upload.pk, token)
         status = (
@@ -468,6 +479,26 @@ def _rejection_of(row: parsing.ParsedRow) -> RejectionInput:
         event_name=row.raw.get("event_name", ""),
         raw=row.raw,
     )
+
+
+def _occurrences_counted_on_disk(
+    upload: Upload, header: list[str], meters: dict[str, parsing.MeterKeys], folder: Path
+) -> parsing.ExternalCounter:
+    """An extra pass that builds every chunk as the import will, recording the identical-row
+    keys on disk; returns the counter that then answers the import's counts."""
+    counter = parsing.ExternalCounter(folder)
+    recording = parsing.RowBuilder(header, meters, counter.recorder)
+    binary, lines = _open_lines(upload)
+    try:
+        record_iter = parsing.records(lines, max_line_bytes=max_line_bytes())
+        parsing.header_read(record_iter)
+        with gc_paused():
+            for chunk in parsing.chunked(record_iter, chunk_rows()):
+                recording.build_columns(chunk)
+    finally:
+        binary.close()
+    counter.finish()
+    return counter
 
 
 def _writer_threads() -> int:

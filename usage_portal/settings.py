@@ -201,6 +201,11 @@ USAGE_UPLOAD_CHUNK_ROWS = int(os.environ.get("USAGE_UPLOAD_CHUNK_ROWS", "20000")
 # unset: 2 on PostgreSQL, 1 on SQLite. See uploads/writers.py.
 if "USAGE_UPLOAD_WRITERS" in os.environ:
     USAGE_UPLOAD_WRITERS = int(os.environ["USAGE_UPLOAD_WRITERS"])
+# Files with more rows than this count identical rows on disk, in an extra pass, so a
+# worker's memory stays bounded whatever the file's size (8 bytes a row in memory up to it).
+USAGE_UPLOAD_COUNTER_MEMORY_ROWS = int(
+    os.environ.get("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", "5000000")
+)
 # Arrow (the upload pipeline's column work) allocates with malloc rather than its bundled
 # mimalloc, which kept about 50 MB more of a worker's memory resident (measured, 1M rows).
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import tempfile
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -340,3 +342,30 @@ def test_an_overlong_line_inside_a_quoted_value_refuses_its_record() -> None:
         (2, "line_too_long"),
         (5, None),
     ]
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=40), max_size=300),
+    st.integers(1, 50),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.sampled_from([5, 64, 1 << 20]),
+)
+def test_counter_on_disk_answers_as_the_one_in_memory(
+    keys: list[int], chunk: int, spread: int, range_size: int
+) -> None:
+    """Files too large to remember their keys in memory count identical rows on disk, in an
+    extra pass; the identifiers must come out the same."""
+    keys = [(key * spread) % 2**64 for key in keys]  # keys across all 256 buckets
+    with tempfile.TemporaryDirectory() as folder:
+        counter = parsing.ExternalCounter(Path(folder), range_size=range_size)
+        for start in range(0, len(keys), chunk):
+            counter.recorder.count(keys[start : start + chunk])
+        counter.finish()
+        got: list[int] = []
+        for start in range(0, len(keys), chunk):
+            got += counter.count(keys[start : start + chunk])
+    memory = parsing.OccurrenceCounter()
+    expected: list[int] = []
+    for start in range(0, len(keys), chunk):
+        expected += memory.count(keys[start : start + chunk])
+    assert got == expected

@@ -227,3 +227,38 @@ def test_chunks_written_at_once_keep_the_files_order_for_last(
     assert list(events.values_list("line", flat=True)) == list(range(2, 6002))
     rollup = UsageRollup.objects.get(meter=gauge)
     assert (rollup.event_count, rollup.last_value) == (6000, Decimal("6000"))
+
+
+def test_a_file_too_large_for_the_counters_memory_counts_identical_rows_on_disk(
+    celery_worker_factory, finance_client: Client, api_meter: Meter, customers
+) -> None:
+    """Above USAGE_UPLOAD_COUNTER_MEMORY_ROWS rows, identical rows are counted on disk in an
+    extra pass: the same identifiers, so a second upload of the file is all duplicates."""
+    celery_worker_factory(
+        env={"USAGE_UPLOAD_COUNTER_MEMORY_ROWS": "10", "USAGE_UPLOAD_CHUNK_ROWS": "7"}
+    )
+    rows = [f"{day()},api_calls,cus_{n % 3 + 1},{n % 4}\n" for n in range(60)]  # repeats
+    content = (HEADER + "".join(rows)).encode()
+    first = wait_for(post_upload(finance_client, content))
+    again = wait_for(post_upload(finance_client, content))
+
+    assert (first.status, first.rows_imported, first.rows_duplicate) == ("succeeded", 60, 0)
+    assert (again.status, again.rows_imported, again.rows_duplicate) == ("succeeded", 0, 60)
+    stored = set(MeterEvent.objects.filter(batch=first.batch).values_list("identifier", flat=True))
+    in_memory = {row.event.identifier for row in parse_in_memory(content) if row.event}
+    assert stored == in_memory and len(stored) == 60
+
+
+def parse_in_memory(content: bytes) -> list:
+    from uploads import parsing
+
+    lines = parsing.text_lines(io.BytesIO(content), max_bytes=10**6, max_line_bytes=10**6)
+    record_iter = parsing.records(lines, max_line_bytes=10**6)
+    header = parsing.header_read(record_iter)
+    meters = {
+        "api_calls": parsing.MeterKeys(
+            "api_calls", "API", "stripe_customer_id", "value", True, True
+        )
+    }
+    builder = parsing.RowBuilder(header, meters)
+    return [row for chunk in parsing.chunked(record_iter, 5) for row in builder.build(chunk)]
