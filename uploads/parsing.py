@@ -480,8 +480,7 @@ class OccurrenceCounter:
         # (a stable sort keeps it), after those counted in earlier chunks.
         order = np.argsort(array, kind="stable")
         ordered = array[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        sizes = np.diff(np.r_[starts, len(ordered)])
+        starts, sizes = _equal_runs(ordered)
         unique = ordered[starts]
         seen = self._seen(unique)
         before = np.zeros(len(unique), dtype=np.int64)
@@ -511,6 +510,12 @@ class OccurrenceCounter:
         return occurrences.tolist()  # type: ignore[no-any-return]
 
 
+def _equal_runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal values starts in sorted ``ordered``, and its length."""
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    return starts, np.diff(np.r_[starts, len(ordered)])
+
+
 class Counter(Protocol):
     def count(self, keys: Sequence[int] | np.ndarray) -> list[int]: ...
 
@@ -531,7 +536,7 @@ class ExternalCounter:
 
     def __init__(self, folder: Path, *, range_size: int = 1 << 20) -> None:
         self._folder = folder
-        self._RANGE = range_size  # positions per file of repeats
+        self._range_size = range_size  # positions per file of repeats
         self._position = 0  # keys counted so far, for the recorder and the reader alike
         self._buckets = [folder / f"keys-{n:03d}.bin" for n in range(self._BUCKETS)]
         self._loaded: tuple[int, tuple[np.ndarray, np.ndarray]] = (-1, (np.empty(0), np.empty(0)))
@@ -547,13 +552,12 @@ class ExternalCounter:
             order = np.lexsort((pairs[:, 1], pairs[:, 0]))  # by key, then position
             keys, positions = pairs[order, 0], pairs[order, 1]
             del pairs, order
-            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-            sizes = np.diff(np.r_[starts, len(keys)])
+            starts, sizes = _equal_runs(keys)
             ranks = np.arange(len(keys)) - np.repeat(starts, sizes)
             repeated = ranks > 0
             found = np.stack((positions[repeated], ranks[repeated].astype(np.uint64)), axis=1)
-            for block in np.unique(found[:, 0] // self._RANGE).tolist():
-                in_block = found[found[:, 0] // self._RANGE == block]
+            for block in np.unique(found[:, 0] // self._range_size).tolist():
+                in_block = found[found[:, 0] // self._range_size == block]
                 with (self._folder / f"repeats-{block}.bin").open("ab") as out:
                     in_block.tofile(out)
         self._position = 0
@@ -573,7 +577,8 @@ class ExternalCounter:
         start, end = self._position, self._position + len(keys)
         self._position = end
         occurrences = np.zeros(len(keys), dtype=np.int64)
-        for block in range(start // self._RANGE, (end - 1) // self._RANGE + 1 if end else 0):
+        size = self._range_size
+        for block in range(start // size, (end - 1) // size + 1 if end else 0):
             positions, ranks = self._repeats_in(block)
             low, high = np.searchsorted(positions, [start, end])
             occurrences[positions[low:high].astype(np.int64) - start] = ranks[low:high]
@@ -599,18 +604,6 @@ class _KeyRecorder:
 
     def count(self, keys: Sequence[int] | np.ndarray) -> list[int]:
         return self._counter._record(np.asarray(keys, dtype=np.uint64))
-
-
-def content_digest(event_name: str, customer: str, timestamp: int, normalized: str) -> bytes:
-    """What a row without an identifier is: its event name, customer, Unix seconds and value
-    (already passed through ``normalized_value``)."""
-    content = f"{event_name}\x1f{customer}\x1f{timestamp}\x1f{normalized}"
-    return hashlib.blake2b(content.encode(), digest_size=16).digest()
-
-
-def derived_identifier(digest: bytes, occurrence: int) -> str:
-    """``csv_`` + 32 hex digits of the content digest + the occurrence: at most 60 chars."""
-    return f"csv_{digest.hex()}_{occurrence}"
 
 
 class RowBuilder:
@@ -745,7 +738,9 @@ class RowBuilder:
         payload: dict[str, list[str]],
     ) -> None:
         """Fill in the identifiers of rows that have none, from their content and the number
-        of identical rows before them in the file."""
+        of identical rows before them in the file: ``csv_`` + 32 hex digits of the BLAKE2b
+        digest (16 bytes) of event name, customer, Unix seconds and ``normalized_value`` of
+        the value, joined by U+001F, + ``_`` + the occurrence (at most 60 characters)."""
         missing = [position for position, identifier in enumerate(identifiers) if not identifier]
         if not missing:
             return

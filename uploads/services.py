@@ -22,7 +22,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -345,6 +345,18 @@ def _open_lines(upload: Upload) -> tuple[IO[bytes], Iterator[str]]:
     return binary, lines
 
 
+@contextmanager
+def _data_records(upload: Upload) -> Iterator[Iterator[parsing.Record]]:
+    """The stored file's records after its header row, read while the context lasts."""
+    binary, lines = _open_lines(upload)
+    try:
+        record_iter = parsing.records(lines, max_line_bytes=max_line_bytes())
+        parsing.header_read(record_iter)
+        yield record_iter
+    finally:
+        binary.close()
+
+
 def upload_process(*, upload_id: int) -> None:
     """Validate and import one upload; safe to run again at any point (see module doc)."""
     claim = _claim(upload_id)
@@ -418,17 +430,15 @@ def _process(upload: Upload, token: str) -> None:
     # A file too large for the identical-row counter's memory has it worked out on disk.
     large = (upload.rows_total or 0) > _setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000)
     scratch = tempfile.TemporaryDirectory(prefix="upload-counts-") if large else None
-    binary, lines = _open_lines(upload)
     try:
         if scratch is not None:
             builder.occurrences = _occurrences_counted_on_disk(
                 upload, inspection.header, meters, Path(scratch.name)
             )
-        record_iter = parsing.records(lines, max_line_bytes=max_line_bytes())
-        parsing.header_read(record_iter)
         position = 0
         # The chunks' many short-lived objects die by reference counting; see gc_paused.
         with (
+            _data_records(upload) as record_iter,
             gc_paused(),
             ChunkWriters(write, threads=threads) if threads else nullcontext() as writers,
         ):
@@ -457,7 +467,6 @@ def _process(upload: Upload, token: str) -> None:
             _finish(upload, Upload.Status.FAILED, now=timezone.now(), reason=error.reason)
         return
     finally:
-        binary.close()
         if scratch is not None:
             scratch.cleanup()
     with transaction.atomic():
@@ -488,15 +497,9 @@ def _occurrences_counted_on_disk(
     keys on disk; returns the counter that then answers the import's counts."""
     counter = parsing.ExternalCounter(folder)
     recording = parsing.RowBuilder(header, meters, counter.recorder)
-    binary, lines = _open_lines(upload)
-    try:
-        record_iter = parsing.records(lines, max_line_bytes=max_line_bytes())
-        parsing.header_read(record_iter)
-        with gc_paused():
-            for chunk in parsing.chunked(record_iter, chunk_rows()):
-                recording.build_columns(chunk)
-    finally:
-        binary.close()
+    with _data_records(upload) as record_iter, gc_paused():
+        for chunk in parsing.chunked(record_iter, chunk_rows()):
+            recording.build_columns(chunk)
     counter.finish()
     return counter
 
