@@ -12,6 +12,8 @@ from django.db import connection, transaction
 from meters.ingestion import (
     EventColumns,
     EventInput,
+    IngestCounts,
+    IngestReport,
     event_batch_create,
     meter_events_ingest,
     meter_events_ingest_columns,
@@ -88,6 +90,25 @@ def snapshot(batch: EventBatch) -> dict[str, object]:
     return {"events": events, "rollups": rollups, "rejections": rejections}
 
 
+def ingested_both_ways(
+    rows: list[tuple],
+) -> tuple[IngestCounts, dict[str, object], IngestReport, dict[str, object]]:
+    """``rows`` ingested in columns (then rolled back), and again one by one: the counts and
+    the snapshot of each."""
+    with transaction.atomic():
+        savepoint = transaction.savepoint()
+        batch = event_batch_create(source=EventBatch.Source.CSV)
+        counts = meter_events_ingest_columns(columns=columns_of(rows), batch=batch, now=NOW)
+        by_columns = snapshot(batch)
+        transaction.savepoint_rollback(savepoint)
+    batch = event_batch_create(source=EventBatch.Source.CSV)
+    columns = columns_of(rows)
+    report = meter_events_ingest(
+        events=[columns.event_input(index) for index in range(len(rows))], batch=batch, now=NOW
+    )
+    return counts, by_columns, report, snapshot(batch)
+
+
 def test_columns_and_single_events_end_the_same(db) -> None:
     api = MeterFactory(event_name="api_calls")
     logins = MeterFactory(event_name="logins", aggregation_formula="count")
@@ -107,19 +128,7 @@ def test_columns_and_single_events_end_the_same(db) -> None:
         now=NOW,
     )  # fmt: skip
 
-    with transaction.atomic():
-        savepoint = transaction.savepoint()
-        batch = event_batch_create(source=EventBatch.Source.CSV)
-        counts = meter_events_ingest_columns(columns=columns_of(ROWS), batch=batch, now=NOW)
-        by_columns = snapshot(batch)
-        transaction.savepoint_rollback(savepoint)
-
-    batch = event_batch_create(source=EventBatch.Source.CSV)
-    columns = columns_of(ROWS)
-    report = meter_events_ingest(
-        events=[columns.event_input(index) for index in range(len(ROWS))], batch=batch, now=NOW
-    )
-    one_by_one = snapshot(batch)
+    counts, by_columns, report, one_by_one = ingested_both_ways(ROWS)
 
     assert (counts.accepted, counts.duplicates, counts.rejected) == (
         report.accepted,
@@ -166,22 +175,12 @@ def test_a_plain_chunk_ends_as_it_would_one_by_one(
     for ref in ("cus_1", "cus_2"):
         CustomerFactory(external_id=ref)
 
-    with transaction.atomic():
-        savepoint = transaction.savepoint()
-        batch = event_batch_create(source=EventBatch.Source.CSV)
-        counts = meter_events_ingest_columns(columns=columns_of(rows), batch=batch, now=NOW)
-        by_columns = snapshot(batch)
-        transaction.savepoint_rollback(savepoint)
-    batch = event_batch_create(source=EventBatch.Source.CSV)
-    columns = columns_of(rows)
-    report = meter_events_ingest(
-        events=[columns.event_input(index) for index in range(len(rows))], batch=batch, now=NOW
-    )
+    counts, by_columns, report, one_by_one = ingested_both_ways(rows)
 
     assert (counts.accepted, counts.duplicates, counts.rejected) == expected
     assert (report.accepted, report.duplicates, report.rejected) == expected
     assert counts.totals_by_meter == report.totals_by_meter
-    assert by_columns == snapshot(batch)
+    assert by_columns == one_by_one
     assert by_columns["events"]["p-2"][3] == Decimal(1)
 
 
