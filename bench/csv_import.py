@@ -79,7 +79,8 @@ def _setup() -> tuple[object, list[str]]:
     from django.contrib.auth.models import User
     from django.db import connection
 
-    from meters.models import Customer, Meter
+    from customers.models import Customer
+    from meters.models import Meter
 
     with connection.cursor() as cursor:
         cursor.execute(

@@ -12,7 +12,7 @@ generate_series (the ingestion core would take far longer for 10M rows), and the
 rollups are then computed from them in SQL with the core's definition (sum and count of the
 counted events, "last" = the value of the event with the greatest (timestamp, id)); the script
 checks the rollups against raw events for the measured customers before timing anything.
-The meter overview's daily rollups (``meters/day_rollups.py``) are then rebuilt from the hourly
+The meter overview's daily rollups (``usage/rollups.py``) are then rebuilt from the hourly
 ones through ``usage_days_refresh`` (timed: a full rebuild, and one day of every meter -- what
 the after-commit refresh does while usage flows in), and checked against the hourly path.
 
@@ -57,7 +57,9 @@ METERS = [
 
 
 def load(events: int) -> None:
-    from meters.models import Customer, EventBatch, Meter
+    from customers.models import Customer
+    from events.models import EventBatch
+    from meters.models import Meter
 
     started = time.perf_counter()
     with connection.cursor() as cursor:
@@ -124,7 +126,7 @@ def check(customer, meters) -> None:  # type: ignore[no-untyped-def]
     """Rollups equal raw events for this customer, per meter, over the whole 90 days."""
     import datetime as dt
 
-    from meters.selectors import meter_event_summaries
+    from usage.summaries import meter_event_summaries
 
     end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
     start = end - dt.timedelta(days=DAYS + 1)
@@ -141,10 +143,11 @@ def build_daily(meters) -> None:  # type: ignore[no-untyped-def]
     it: every day stale), then refresh one day of every meter, and check them."""
     import datetime as dt
 
-    from meters import selectors
-    from meters.day_rollups import usage_days_mark_all_stale, usage_days_mark_stale
-    from meters.day_rollups import usage_days_refresh as refresh
     from meters.views.usage import preset_range
+
+    from usage.rollups import usage_days_mark_all_stale, usage_days_mark_stale
+    from usage.rollups import usage_days_refresh as refresh
+    from usage.selectors import meter_top_customers, meter_usage_over_time
 
     started = time.perf_counter()
     marked = usage_days_mark_all_stale(meter_ids=[m.pk for m in meters])
@@ -178,14 +181,14 @@ def build_daily(meters) -> None:  # type: ignore[no-untyped-def]
             span = preset_range(preset, now)
             results = [
                 (
-                    selectors.meter_usage_over_time(
+                    meter_usage_over_time(
                         meter=meter,
                         start=span.start,
                         end=span.end,
                         grouping=span.grouping,
                         from_hourly=from_hourly,
                     ),
-                    selectors.meter_top_customers(
+                    meter_top_customers(
                         meter=meter, start=span.start, end=span.end, from_hourly=from_hourly
                     ),
                 )
@@ -222,7 +225,9 @@ def main() -> None:
 
     from django.contrib.auth.models import Group, User
 
-    from meters.models import Customer, Meter, MeterEvent
+    from customers.models import Customer
+    from events.models import MeterEvent
+    from meters.models import Meter
 
     loaded = MeterEvent.objects.filter(identifier__startswith="bench_").exists()
     if args.reload or not loaded:
@@ -254,14 +259,13 @@ def main() -> None:
     client.force_login(user)
     htmx = {"HX-Request": "true"}
     from django.utils import timezone
-
     from meters.views.usage import explain_url, preset_range
 
     last_90 = preset_range("90d", timezone.now())
     meter = meters[0]
     cases = []
     for label, customer in (("busiest", busiest), ("median", median)):
-        usage = reverse("meters:customer_usage", kwargs={"pk": customer.pk})
+        usage = reverse("usage:customer_usage", kwargs={"pk": customer.pk})
         cases += [
             (f"{label} customer: page", customer.get_absolute_url(), {}),
             (f"{label} customer: usage, this month", usage, htmx),
@@ -272,14 +276,14 @@ def main() -> None:
                 {},
             ),
         ]
-    overview = reverse("meters:meter_overview", kwargs={"meter_id": meter.meter_id})
+    overview = reverse("usage:meter_overview", kwargs={"meter_id": meter.meter_id})
     cases += [
         ("meter overview, this month", overview, htmx),
         ("meter overview, last 7 days", f"{overview}?range=7d", htmx),
         ("meter overview, last 90 days", f"{overview}?range=90d", htmx),
         (
             "meter live feed (polled)",
-            reverse("meters:meter_live_feed", kwargs={"meter_id": meter.meter_id}),
+            reverse("usage:meter_live_feed", kwargs={"meter_id": meter.meter_id}),
             htmx,
         ),
     ]

@@ -29,8 +29,9 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from meters.models import Customer  # noqa: E402
-from meters.selectors import customer_list, page_of  # noqa: E402
+from customers.models import Customer  # noqa: E402
+from customers.selectors import customer_list  # noqa: E402
+from usage_portal.pagination import page_of  # noqa: E402
 
 SEARCHES = [
     ("(no search)", ""),

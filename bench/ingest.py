@@ -71,9 +71,11 @@ def _create_database(url: str, name: str) -> None:
 def _run(args: argparse.Namespace) -> None:
     from django.db import connection
 
-    from meters.ingestion import EventInput, event_batch_create, meter_events_ingest
-    from meters.models import Customer, EventBatch, Meter, MeterEvent
-    from meters.selectors import meter_event_summaries
+    from customers.models import Customer
+    from events.ingestion import EventInput, event_batch_create, meter_events_ingest
+    from events.models import EventBatch, MeterEvent
+    from meters.models import Meter
+    from usage.summaries import meter_event_summaries
 
     with connection.cursor() as cursor:
         cursor.execute(
@@ -197,7 +199,7 @@ def _run(args: argparse.Namespace) -> None:
         )
 
     # The event explorer: keyset pages cost the same at any depth.
-    from meters.selectors import EventFilters, event_explorer
+    from events.selectors import EventFilters, event_explorer
 
     deep = MeterEvent.objects.order_by("id").values_list("id", flat=True)[stored // 10]
     quiet = customers[-1]
@@ -218,8 +220,8 @@ def _run(args: argparse.Namespace) -> None:
             )
 
     # Reverting an upload cancels its whole batch; rollups are corrected in the same step.
-    from meters.ingestion import event_batch_cancel
-    from meters.models import EventBatch as Batch
+    from events.ingestion import event_batch_cancel
+    from events.models import EventBatch as Batch
 
     first_batch = Batch.objects.order_by("id").first()
     assert first_batch is not None
@@ -238,8 +240,8 @@ def _bench_user():  # type: ignore[no-untyped-def]
 
 def _replay(size: int) -> list[object]:
     """The first ``size`` events of the run again: identical content, so all duplicates."""
-    from meters.ingestion import EventInput
-    from meters.models import MeterEvent
+    from events.ingestion import EventInput
+    from events.models import MeterEvent
 
     rows = MeterEvent.objects.select_related("meter", "customer").order_by("id")[:size]
     return [
@@ -256,8 +258,8 @@ def _replay(size: int) -> list[object]:
 def _sql_fill(extra, sequence, now, span, meters, customers, busiest) -> None:  # type: ignore[no-untyped-def]
     from django.db import connection, transaction
 
-    from meters.ingestion import event_batch_create
-    from meters.models import EventBatch
+    from events.ingestion import event_batch_create
+    from events.models import EventBatch
 
     customer_ids = [c.pk for c in customers]
     with transaction.atomic(), connection.cursor() as cursor:

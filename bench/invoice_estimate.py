@@ -53,8 +53,10 @@ from billing import services  # noqa: E402
 from billing.models import Price, Subscription  # noqa: E402
 from billing.pricing import Tier  # noqa: E402
 from billing.selectors import subscription_estimate  # noqa: E402
-from meters.models import Customer, EventBatch, Meter  # noqa: E402
-from meters.selectors import meter_event_summaries  # noqa: E402
+from customers.models import Customer  # noqa: E402
+from events.models import EventBatch  # noqa: E402
+from meters.models import Meter  # noqa: E402
+from usage.summaries import meter_event_summaries  # noqa: E402
 
 TOTAL_EVENTS = 10_000_000
 CHUNK = 1_000_000

@@ -10,3 +10,8 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         from billing import checks  # noqa: F401  (registers the grace-period system check)
+        from billing.selectors import meter_events_late
+        from events.selectors import EXPLORER_STATUS_FILTERS, EventStatus
+
+        # The event explorer's "late, not billed": billing owns the rule.
+        EXPLORER_STATUS_FILTERS[EventStatus.LATE] = meter_events_late

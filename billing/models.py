@@ -20,8 +20,10 @@ from django.urls import reverse
 from billing.currencies import CURRENCY_CHOICES, format_money
 from billing.periods import Interval, Schedule
 from billing.pricing import PackageRounding, PriceSpec, PricingModel, Tier
-from meters.fields import ExactDecimalField
-from meters.models import Customer, Meter, random_public_id
+from customers.models import Customer
+from meters.models import Meter
+from usage_portal.fields import ExactDecimalField
+from usage_portal.ids import random_public_id
 
 
 def new_price_id() -> str:

@@ -26,8 +26,10 @@ from billing.models import (
 )
 from billing.periods import Period, shortest_period
 from billing.pricing import PricedLine, price_amount
-from meters.models import Customer, Meter, MeterEvent
-from meters.selectors import meter_usage_aggregate
+from customers.models import Customer
+from events.models import MeterEvent
+from meters.models import Meter
+from usage.summaries import meter_usage_aggregate
 
 ZERO = Decimal(0)
 

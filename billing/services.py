@@ -46,8 +46,10 @@ from billing.selectors import (
     lines_compute,
     unused_credit_grant_count,
 )
-from meters.models import AuditEntry, Customer, Meter
-from meters.services import audit_record
+from customers.models import Customer
+from meters.models import Meter
+from usage_portal.audit import audit_record
+from usage_portal.models import AuditEntry
 
 MAX_UNUSED_CREDIT_GRANTS = 100
 

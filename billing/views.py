@@ -20,9 +20,10 @@ from billing.forms import MAX_TIERS, CreditGrantForm, PriceForm, SubscriptionFor
 from billing.models import CreditGrant, Invoice, Price, Subscription
 from billing.periods import Period
 from billing.pricing import PricingError, price_amount
-from meters.models import Customer
-from meters.selectors import audit_entries_for, page_of
+from customers.models import Customer
+from usage_portal.audit import audit_entries_for
 from usage_portal.forms import form_add_service_error
+from usage_portal.pagination import page_of
 from usage_portal.roles import Role, role_required
 from usage_portal.types import HtmxHttpRequest
 

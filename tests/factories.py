@@ -3,7 +3,9 @@ from __future__ import annotations
 import factory
 from django.contrib.auth.models import Group, User
 
-from meters.models import Customer, EventBatch, Meter
+from customers.models import Customer
+from events.models import EventBatch
+from meters.models import Meter
 from usage_portal.roles import Role
 
 

@@ -13,7 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
-from meters.models import EventBatch
+from events.models import EventBatch
 
 
 class Upload(models.Model):

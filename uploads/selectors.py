@@ -11,7 +11,8 @@ from decimal import Decimal
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from meters.models import EventRejection, Meter
+from events.models import EventRejection
+from meters.models import Meter
 from uploads import parsing
 from uploads.models import Upload
 

@@ -37,7 +37,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import connection, transaction
 from django.utils import timezone
 
-from meters.ingestion import (
+from events.ingestion import (
     RejectionInput,
     event_batch_cancel,
     event_batch_create,
@@ -45,11 +45,13 @@ from meters.ingestion import (
     gc_paused,
     meter_events_ingest_columns,
 )
-from meters.models import AuditEntry, EventBatch, Meter
-from meters.services import audit_record
+from events.models import EventBatch
+from meters.models import Meter
 from uploads import parsing
 from uploads.models import Upload
 from uploads.writers import ChunkWriters, Turnstile
+from usage_portal.audit import audit_record
+from usage_portal.models import AuditEntry
 
 logger = logging.getLogger(__name__)
 

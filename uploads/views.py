@@ -7,10 +7,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from meters.models import Meter
-from meters.selectors import page_of
 from uploads import parsing, selectors, services
 from uploads.forms import ErrorFilterForm, UploadForm
 from uploads.models import Upload
+from usage_portal.pagination import page_of
 from usage_portal.roles import Role, role_required
 from usage_portal.types import HtmxHttpRequest
 

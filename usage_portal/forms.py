@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.core.exceptions import ValidationError
+
+
+class PortalForm(forms.Form):
+    """Labels without Django's trailing colon, as on the rest of the portal's pages."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
 
 
 def form_add_service_error(form: forms.BaseForm, error: ValidationError) -> None:

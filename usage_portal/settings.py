@@ -48,6 +48,10 @@ INSTALLED_APPS = [
     "template_partials",
     "usage_portal",
     "meters",
+    "customers",
+    "events",
+    "usage",
+    "alerts",
     "uploads",
     "billing",
 ]

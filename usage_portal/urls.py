@@ -12,6 +12,10 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("", include("meters.urls")),
+    path("", include("customers.urls")),
+    path("", include("events.urls")),
+    path("", include("usage.urls")),
+    path("", include("alerts.urls")),
     path("uploads/", include("uploads.urls")),
     path("billing/", include("billing.urls")),
 ]

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db import migrations, models
 
 import billing.models
-import meters.fields
+import usage_portal.fields
 
 
 class Migration(migrations.Migration):
@@ -188,7 +188,7 @@ class Migration(migrations.Migration):
                         max_length=9,
                     ),
                 ),
-                ("unit_amount_decimal", meters.fields.ExactDecimalField(blank=True, null=True)),
+                ("unit_amount_decimal", usage_portal.fields.ExactDecimalField(blank=True, null=True)),
                 ("package_size", models.PositiveIntegerField(blank=True, null=True)),
                 (
                     "package_rounding",
@@ -247,7 +247,7 @@ class Migration(migrations.Migration):
                 ),
                 ("position", models.PositiveSmallIntegerField()),
                 ("description", models.CharField(max_length=300)),
-                ("quantity", meters.fields.ExactDecimalField()),
+                ("quantity", usage_portal.fields.ExactDecimalField()),
                 ("amount", models.BigIntegerField()),
                 ("credits_applied", models.BigIntegerField(default=0)),
                 ("computation", models.JSONField(default=dict)),

@@ -2,7 +2,7 @@
 
 import django.core.validators
 import django.db.models.deletion
-import meters.fields
+import usage_portal.fields
 import meters.models
 from django.conf import settings
 from django.db import migrations, models
@@ -266,7 +266,7 @@ class Migration(migrations.Migration):
                 ),
                 ("identifier", models.CharField(max_length=100)),
                 ("timestamp", models.DateTimeField()),
-                ("value", meters.fields.ExactDecimalField()),
+                ("value", usage_portal.fields.ExactDecimalField()),
                 ("payload", models.JSONField(default=dict)),
                 ("line", models.PositiveIntegerField(blank=True, null=True)),
                 ("received_at", models.DateTimeField()),
@@ -333,9 +333,9 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("hour", models.DateTimeField()),
-                ("value_sum", meters.fields.ExactDecimalField()),
+                ("value_sum", usage_portal.fields.ExactDecimalField()),
                 ("event_count", models.BigIntegerField()),
-                ("last_value", meters.fields.ExactDecimalField(null=True)),
+                ("last_value", usage_portal.fields.ExactDecimalField(null=True)),
                 ("last_timestamp", models.DateTimeField(null=True)),
                 ("last_event_id", models.BigIntegerField(null=True)),
                 (

@@ -3,8 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from meters.ingestion import EventInput, event_batch_create, meter_events_ingest
-from meters.models import Customer, EventBatch, Meter
+from customers.models import Customer
+from events.ingestion import EventInput, event_batch_create, meter_events_ingest
+from events.models import EventBatch
+from meters.models import Meter
 
 
 def record_usage(

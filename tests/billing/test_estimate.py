@@ -12,7 +12,8 @@ from billing import services
 from billing.models import CreditGrant, Price, Subscription
 from billing.pricing import Tier
 from billing.selectors import subscription_estimate
-from meters.models import Customer, Meter
+from customers.models import Customer
+from meters.models import Meter
 from tests.billing.conftest import record_usage
 from tests.factories import CustomerFactory, MeterFactory
 

@@ -21,7 +21,9 @@ from billing.selectors import (
     meter_events_late,
     subscription_estimate,
 )
-from meters.models import Customer, Meter, MeterEvent
+from customers.models import Customer
+from events.models import MeterEvent
+from meters.models import Meter
 from tests.billing.conftest import record_usage
 from tests.factories import CustomerFactory, MeterFactory
 

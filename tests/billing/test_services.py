@@ -13,9 +13,10 @@ from billing import services
 from billing.models import CreditTransaction, Price
 from billing.pricing import Tier
 from billing.selectors import credit_grant_balances, unused_credit_grant_count
-from meters.models import AuditEntry, Meter
+from meters.models import Meter
 from tests.billing.builders import build_price, build_subscription
 from tests.factories import CustomerFactory, MeterFactory
+from usage_portal.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
 

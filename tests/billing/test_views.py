@@ -11,7 +11,8 @@ from django.test import Client
 
 from billing import services
 from billing.models import CreditGrant, Price, Subscription
-from meters.models import Customer, Meter
+from customers.models import Customer
+from meters.models import Meter
 from tests.billing.conftest import record_usage
 from tests.factories import CustomerFactory, MeterFactory
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from meters.ingestion import EventInput, event_batch_create, meter_event_cancel, meter_events_ingest
-from meters.models import EventBatch, MeterEvent
+from events.ingestion import EventInput, event_batch_create, meter_event_cancel, meter_events_ingest
+from events.models import EventBatch, MeterEvent
 from tests.conftest import browser_login
 from tests.factories import CustomerFactory, MeterFactory, UserFactory
 from usage_portal.roles import Role

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from meters.models import MeterEvent
+from events.models import MeterEvent
 from tests.conftest import browser_login
 from tests.factories import CustomerFactory, MeterFactory, UserFactory
 from usage_portal.roles import Role

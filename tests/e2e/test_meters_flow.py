@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from meters.models import AuditEntry, Meter
+from meters.models import Meter
 from tests.conftest import browser_login
 from tests.factories import MeterFactory, UserFactory
+from usage_portal.models import AuditEntry
 from usage_portal.roles import Role
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

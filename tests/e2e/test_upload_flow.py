@@ -11,7 +11,8 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from meters.models import Meter, UsageRollup
+from events.models import UsageRollup
+from meters.models import Meter
 from tests.conftest import browser_login
 from tests.factories import CustomerFactory, MeterFactory, UserFactory
 from usage_portal.roles import Role

@@ -11,7 +11,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 
-from meters.models import Customer, Meter, MeterEvent, UsageRollup
+from customers.models import Customer
+from events.models import MeterEvent, UsageRollup
+from meters.models import Meter
 from tests.factories import CustomerFactory, MeterFactory
 from uploads.models import Upload
 

@@ -9,10 +9,13 @@ from decimal import Decimal
 import pytest
 from django.test import Client
 
-from meters.models import AuditEntry, Customer, EventRejection, Meter, MeterEvent, UsageRollup
+from customers.models import Customer
+from events.models import EventRejection, MeterEvent, UsageRollup
+from meters.models import Meter
 from tests.factories import MeterFactory
 from tests.uploads.conftest import HEADER, counted_events, day, post_upload, rollup_total, wait_for
 from uploads.models import Upload
+from usage_portal.models import AuditEntry
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

@@ -17,7 +17,8 @@ from django.core.files import File
 from django.test import Client
 from django.utils import timezone
 
-from meters.models import EventRejection, Meter, MeterEvent
+from events.models import EventRejection, MeterEvent
+from meters.models import Meter
 from tests.uploads.conftest import HEADER, counted_events, day, post_upload, rollup_total, wait_for
 from tests.uploads.test_pipeline import big_file
 from uploads.models import Upload

@@ -13,8 +13,10 @@ from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
 
-from meters.models import AuditEntry, Customer, Meter
+from customers.models import Customer
+from meters.models import Meter
 from tests.factories import CustomerFactory, MeterFactory, UserFactory
+from usage_portal.models import AuditEntry
 from usage_portal.roles import Role
 
 PROJECT_APPS = [
@@ -85,7 +87,7 @@ def test_admin_edits_go_through_services_and_are_audited(root_client: Client) ->
 @pytest.mark.django_db
 def test_admin_creates_a_customer_through_the_service(root_client: Client) -> None:
     response = root_client.post(
-        reverse("admin:meters_customer_add"),
+        reverse("admin:customers_customer_add"),
         {"external_id": "cus_admin", "name": "A", "email": "", "metadata": "{}"},
     )
     assert response.status_code == 302, response.content[:2000]

@@ -7,7 +7,10 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from django.core.management import call_command
 
-from meters.models import AuditEntry, Customer, Meter, MeterEvent, UsageRollup
+from customers.models import Customer
+from events.models import MeterEvent, UsageRollup
+from meters.models import Meter
+from usage_portal.models import AuditEntry
 from usage_portal.roles import Role, user_role
 
 pytestmark = pytest.mark.django_db

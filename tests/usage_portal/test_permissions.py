@@ -55,33 +55,34 @@ S, F, A = Role.SUPPORT, Role.FINANCE, Role.ADMIN
 # One line per URL name. Keep it sorted by namespace; add yours at the end of its block.
 EXPECTED: dict[str, Expect] = {
     "home": Expect(S),
-    # meters: meters
+    # meters
     "meters:meter_list": Expect(S),
     "meters:meter_create": Expect(A),
     "meters:meter_detail": Expect(S),
     "meters:meter_edit": Expect(A),
     "meters:meter_deactivate": Expect(A, method="post"),
     "meters:meter_reactivate": Expect(A, method="post", pk="inactive_meter"),
-    # meters: customers
-    "meters:customer_list": Expect(S),
-    "meters:customer_create": Expect(A),
-    "meters:customer_import": Expect(A),
-    "meters:customer_detail": Expect(S, pk="customer"),
-    "meters:customer_edit": Expect(A, pk="customer"),
-    # meters: events
-    "meters:event_list": Expect(S),
-    "meters:event_entry": Expect(F),
-    "meters:event_customer_options": Expect(F),
-    "meters:event_cancel": Expect(F, method="post", pk="event"),
-    # meters: usage and alerts
-    "meters:customer_usage": Expect(S, pk="customer"),
-    "meters:usage_explain": Expect(S, pk="customer"),
-    "meters:meter_overview": Expect(S),
-    "meters:meter_live_feed": Expect(S, ok=(302,)),  # without htmx: the overview page
-    "meters:alert_list": Expect(S),
-    "meters:alert_create": Expect(A),
-    "meters:alert_detail": Expect(S, pk="alert"),
-    "meters:alert_status": Expect(A, method="post", pk="alert", data={"status": "inactive"}),
+    # customers
+    "customers:customer_list": Expect(S),
+    "customers:customer_create": Expect(A),
+    "customers:customer_import": Expect(A),
+    "customers:customer_detail": Expect(S, pk="customer"),
+    "customers:customer_edit": Expect(A, pk="customer"),
+    # events
+    "events:event_list": Expect(S),
+    "events:event_entry": Expect(F),
+    "events:event_customer_options": Expect(F),
+    "events:event_cancel": Expect(F, method="post", pk="event"),
+    # usage and alerts
+    "usage:customer_usage": Expect(S, pk="customer"),
+    "usage:usage_explain": Expect(S, pk="customer"),
+    "usage:meter_overview": Expect(S),
+    "usage:meter_live_feed": Expect(S, ok=(302,)),  # without htmx: the overview page
+    "alerts:alert_list": Expect(S),
+    "alerts:alert_create": Expect(A),
+    "alerts:alert_detail": Expect(S, pk="alert"),
+    "alerts:alert_status": Expect(A, method="post", pk="alert", data={"status": "inactive"}),
+    "alerts:customer_alerts": Expect(S, pk="customer"),
     # uploads
     "uploads:upload_list": Expect(S),
     "uploads:upload_create": Expect(F),
@@ -147,8 +148,8 @@ def _inactive_meter(world: World) -> Any:
 
 
 def _event(world: World) -> Any:
-    from meters.ingestion import EventInput, event_batch_create, meter_events_ingest
-    from meters.models import EventBatch, MeterEvent
+    from events.ingestion import EventInput, event_batch_create, meter_events_ingest
+    from events.models import EventBatch, MeterEvent
 
     meter, customer = MeterFactory(), CustomerFactory()
     report = meter_events_ingest(
@@ -166,7 +167,7 @@ def _event(world: World) -> Any:
 def _alert(world: World) -> Any:
     from decimal import Decimal
 
-    from meters.alerts import usage_alert_create
+    from alerts.services import usage_alert_create
 
     return usage_alert_create(
         actor=None, title="Permission check", meter=MeterFactory(), threshold=Decimal(10)

@@ -1,0 +1,51 @@
+"""The ingestion core: the one way usage events enter the system (see ``core``'s docstring)."""
+
+from __future__ import annotations
+
+from events.ingestion.core import (
+    Code,
+    EventCancelError,
+    EventColumns,
+    EventInput,
+    EventResult,
+    IngestCounts,
+    IngestReport,
+    ManualEntryResult,
+    MeterTotal,
+    Outcome,
+    RejectionInput,
+    event_batch_cancel,
+    event_batch_create,
+    event_rejections_record,
+    gc_paused,
+    manual_event_record,
+    meter_event_cancel,
+    meter_events_ingest,
+    meter_events_ingest_columns,
+    new_identifier,
+    value_parse,
+)
+
+__all__ = [
+    "Code",
+    "EventCancelError",
+    "EventColumns",
+    "EventInput",
+    "EventResult",
+    "IngestCounts",
+    "IngestReport",
+    "ManualEntryResult",
+    "MeterTotal",
+    "Outcome",
+    "RejectionInput",
+    "event_batch_cancel",
+    "event_batch_create",
+    "event_rejections_record",
+    "gc_paused",
+    "manual_event_record",
+    "meter_event_cancel",
+    "meter_events_ingest",
+    "meter_events_ingest_columns",
+    "new_identifier",
+    "value_parse",
+]

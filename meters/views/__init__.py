@@ -1,1 +1,0 @@
-"""Views of the meters app, one module per entity: meters, customers and events."""

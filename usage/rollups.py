@@ -1,0 +1,351 @@
+"""Daily rollups: the meter overview's fast path, kept off the ingestion hot path.
+
+The meter overview adds up every customer's usage of a meter over a range (about 400
+customers per meter-hour on the 10M-event bench), which the hourly ``UsageRollup`` rows make
+too slow for ranges of weeks. Two derived tables make it cheap:
+
+- ``MeterDailyRollup`` (meter, customer, UTC day): the day's hourly rollups combined (sum,
+  count, and the "last" event by (timestamp, id)). The top customers of a range read one row
+  per customer-day instead of up to 24.
+- ``MeterUsageTotal`` (meter, hour or day): every customer's usage combined, for the chart
+  and the live feed's hourly bars. ``last_sum`` is the sum of each customer's last value in
+  that hour or day: what the overview has always shown for "last" meters (billing every
+  customer for that window), so it stays as it was.
+
+Both are pure functions of ``UsageRollup``, recomputed per (meter, UTC day) by
+``usage_days_refresh``. No event or cancellation can change a rollup outside the UTC day of
+its events: hour and day event-time windows lie inside one UTC day.
+
+FRESHNESS. The ingestion core and cancellation call ``usage_days_mark_stale`` inside their
+transaction: it appends one ``StaleUsageDay`` row per changed (meter, day) and, after commit,
+enqueues ``meters.usage_days_refresh``. The markers are plain inserts with no unique key, so
+concurrent imports never wait on each other for them (no hot row per meter or day); the cost
+is one small INSERT per batch. The refresh (Celery, and a beat sweep every minute in case a
+message was lost) takes a transaction-level advisory lock so refreshes run one at a time,
+deletes a chunk of markers with ``DELETE ... RETURNING`` and only then recomputes their
+days from the hourly rollups, in the same transaction. Under READ COMMITTED every statement
+after the DELETE sees each ingestion that committed before it, and a marker committed later
+is not deleted, so its day is refreshed again. Deleted markers and new daily rows commit
+together. Hence, at any moment: a day without a marker has daily rows equal to its hourly
+rollups.
+
+READERS (``usage/selectors.py``: ``meter_usage_over_time``, ``meter_top_customers``) split
+a range into whole UTC days without a marker, read from the daily tables, and the rest --
+stale days and partial days at the edges -- read from the hourly rollups. On PostgreSQL they
+read in one REPEATABLE READ snapshot (markers, daily rows and rollups of the same moment), so
+the overview is always exact; only its speed depends on the refresh having run.
+``from_hourly=True`` forces the hourly path: the reference the tests compare with.
+
+The migration that created these tables marked every existing day stale; the first refresh
+fills them. ``bench/customer_page.py`` times a full rebuild of 10M events' rollups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection, transaction
+
+from events.models import UsageRollup
+from usage.models import MeterDailyRollup, MeterMonthlyRollup, MeterUsageTotal, StaleUsageDay
+
+# pg_advisory_xact_lock key of the refresh ("mtrday" in ASCII): refreshes run one at a time.
+_REFRESH_LOCK = 0x6D7472646179
+_DAY = dt.timedelta(days=1)
+REFRESH_CHUNK = 500  # markers per refresh transaction
+
+
+def _utc_date(moment: dt.datetime | dt.date) -> dt.date:
+    if isinstance(moment, dt.datetime):
+        return moment.astimezone(dt.UTC).date()
+    return moment
+
+
+def day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def usage_days_mark_stale(*, keys: Iterable[tuple[int, dt.datetime | dt.date]]) -> int:
+    """Record that the hourly rollups of these (meter pk, time or UTC date) keys changed in
+    the current transaction, and refresh their days once it commits. Returns the number of
+    (meter, day) keys marked."""
+    days = sorted({(meter_id, _utc_date(moment)) for meter_id, moment in keys})
+    if not days:
+        return 0
+    StaleUsageDay.objects.bulk_create(
+        [StaleUsageDay(meter_id=meter_id, day=day) for meter_id, day in days], batch_size=1000
+    )
+    transaction.on_commit(usage_days_refresh_enqueue, robust=True)
+    return len(days)
+
+
+def usage_days_mark_all_stale(*, meter_ids: Iterable[int] | None = None) -> int:
+    """Mark every (meter, day) with hourly rollups stale (a full rebuild on the next
+    refresh). For data loaded behind the ingestion core's back, such as benchmarks."""
+    ids = None if meter_ids is None else list(meter_ids)
+    pairs: set[tuple[int, dt.date]]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT meter_id, (hour AT TIME ZONE 'UTC')::date "
+                "FROM meters_usagerollup WHERE %s::bigint[] IS NULL OR meter_id = ANY(%s)",
+                [ids, ids],
+            )
+            pairs = set(cursor.fetchall())
+    else:
+        rollups = UsageRollup.objects.all()
+        if ids is not None:
+            rollups = rollups.filter(meter_id__in=ids)
+        pairs = {(m, h.date()) for m, h in rollups.values_list("meter_id", "hour").distinct()}
+    with transaction.atomic():
+        return usage_days_mark_stale(keys=pairs)
+
+
+def usage_days_refresh_enqueue() -> None:
+    from usage.tasks import usage_days_refresh_task
+
+    usage_days_refresh_task.delay()
+
+
+def usage_days_refresh(*, chunk: int = REFRESH_CHUNK) -> int:
+    """Recompute the daily rows (and their months) of every stale (meter, day), a chunk per
+    transaction, until none is left; return how many distinct (meter, day) keys were
+    recomputed. Idempotent; safe to run concurrently (runs queue on an advisory lock) and
+    beside ingestion."""
+    refreshed: set[tuple[int, dt.date]] = set()
+    while True:
+        with transaction.atomic():
+            keys = _take_stale(chunk)
+            if not keys:
+                return len(refreshed)
+            if connection.vendor == "postgresql":
+                _recompute_postgres(keys)
+            else:
+                _recompute_plain(keys)
+            refreshed.update(keys)
+
+
+def _take_stale(chunk: int) -> list[tuple[int, dt.date]]:
+    """Delete up to ``chunk`` markers and return their distinct keys. In key order, so that a
+    chunk holds neighbouring days and recomputes each month once."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_REFRESH_LOCK])
+            cursor.execute(
+                "DELETE FROM meters_staleusageday WHERE id IN (SELECT id FROM "
+                "meters_staleusageday ORDER BY meter_id, day, id LIMIT %s) RETURNING meter_id, day",
+                [chunk],
+            )
+            return sorted(set(cursor.fetchall()))
+    # SQLite: the transaction began IMMEDIATE (settings), so it holds the one write lock.
+    markers = StaleUsageDay.objects.order_by("meter_id", "day", "id")
+    rows = list(markers.values_list("id", "meter_id", "day")[:chunk])
+    StaleUsageDay.objects.filter(pk__in=[row[0] for row in rows]).delete()
+    return sorted({(meter_id, day) for _, meter_id, day in rows})
+
+
+_LAST = "ORDER BY r.last_timestamp DESC, r.last_event_id DESC"
+
+
+def _recompute_postgres(keys: list[tuple[int, dt.date]]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS usage_refresh_keys")
+        cursor.execute(
+            "CREATE TEMP TABLE usage_refresh_keys ON COMMIT DROP AS SELECT meter_id, day, "
+            "(day::timestamp AT TIME ZONE 'UTC') AS rstart, "
+            "(day::timestamp AT TIME ZONE 'UTC') + interval '1 day' AS rend "
+            "FROM unnest(%s::bigint[], %s::date[]) AS k (meter_id, day)",
+            [[meter_id for meter_id, _ in keys], [day for _, day in keys]],
+        )
+        # Statistics, so the joins below probe the rollup indexes per key; and no JIT: its
+        # compile time exceeds the work of a few days' rows.
+        cursor.execute("ANALYZE usage_refresh_keys")
+        cursor.execute("SET LOCAL jit = off")
+        cursor.execute(
+            "DELETE FROM meters_meterdailyrollup d USING usage_refresh_keys k "
+            "WHERE d.meter_id = k.meter_id AND d.day = k.day"
+        )
+        cursor.execute(
+            "INSERT INTO meters_meterdailyrollup (meter_id, day, customer_id, value_sum, "
+            "event_count, last_value, last_timestamp, last_event_id) "
+            "SELECT k.meter_id, k.day, r.customer_id, sum(r.value_sum), sum(r.event_count), "
+            f"(array_agg(r.last_value {_LAST}))[1], (array_agg(r.last_timestamp {_LAST}))[1], "
+            f"(array_agg(r.last_event_id {_LAST}))[1] "
+            "FROM usage_refresh_keys k JOIN meters_usagerollup r ON r.meter_id = k.meter_id "
+            "AND r.hour >= k.rstart AND r.hour < k.rend WHERE r.event_count > 0 "
+            "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+        cursor.execute(
+            "DELETE FROM meters_meterusagetotal t USING usage_refresh_keys k "
+            "WHERE t.meter_id = k.meter_id AND t.start >= k.rstart AND t.start < k.rend"
+        )
+        cursor.execute(
+            "INSERT INTO meters_meterusagetotal (meter_id, grain, start, value_sum, "
+            "event_count, last_sum) "
+            "SELECT r.meter_id, 'hour', r.hour, sum(r.value_sum), sum(r.event_count), "
+            "sum(r.last_value) FROM usage_refresh_keys k JOIN meters_usagerollup r "
+            "ON r.meter_id = k.meter_id AND r.hour >= k.rstart AND r.hour < k.rend "
+            "WHERE r.event_count > 0 GROUP BY 1, 3 "
+            "UNION ALL "
+            "SELECT d.meter_id, 'day', k.rstart, sum(d.value_sum), sum(d.event_count), "
+            "sum(d.last_value) FROM usage_refresh_keys k JOIN meters_meterdailyrollup d "
+            "ON d.meter_id = k.meter_id AND d.day = k.day GROUP BY 1, 3"
+        )
+        # The months of these days, from their daily rows.
+        cursor.execute("DROP TABLE IF EXISTS usage_refresh_months")
+        cursor.execute(
+            "CREATE TEMP TABLE usage_refresh_months ON COMMIT DROP AS SELECT DISTINCT meter_id, "
+            "date_trunc('month', day)::date AS month, "
+            "(date_trunc('month', day) + interval '1 month')::date AS month_end "
+            "FROM usage_refresh_keys"
+        )
+        cursor.execute("ANALYZE usage_refresh_months")
+        cursor.execute(
+            "DELETE FROM meters_metermonthlyrollup m USING usage_refresh_months k "
+            "WHERE m.meter_id = k.meter_id AND m.month = k.month"
+        )
+        cursor.execute(
+            "INSERT INTO meters_metermonthlyrollup (meter_id, month, customer_id, value_sum, "
+            "event_count, last_value, last_timestamp, last_event_id) "
+            "SELECT k.meter_id, k.month, r.customer_id, sum(r.value_sum), sum(r.event_count), "
+            f"(array_agg(r.last_value {_LAST}))[1], (array_agg(r.last_timestamp {_LAST}))[1], "
+            f"(array_agg(r.last_event_id {_LAST}))[1] "
+            "FROM usage_refresh_months k JOIN meters_meterdailyrollup r "
+            "ON r.meter_id = k.meter_id AND r.day >= k.month AND r.day < k.month_end "
+            "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+        cursor.execute("DROP TABLE usage_refresh_keys")
+        cursor.execute("DROP TABLE usage_refresh_months")
+
+
+def month_of(day: dt.date) -> tuple[dt.date, dt.date]:
+    """[first day, first day of the next month) of ``day``'s month."""
+    first = day.replace(day=1)
+    return first, (first + dt.timedelta(days=32)).replace(day=1)
+
+
+def _recompute_plain(keys: list[tuple[int, dt.date]]) -> None:
+    """SQLite: the same in Python (exact decimals are text there)."""
+    for meter_id, day in keys:
+        _recompute_plain_day(meter_id, day)
+    for meter_id, month in sorted({(meter_id, month_of(day)[0]) for meter_id, day in keys}):
+        _recompute_plain_month(meter_id, month)
+
+
+@dataclass(slots=True)
+class _Combined:
+    """A customer's rollup rows combined: sum, count and the last event by (time, id)."""
+
+    value_sum: Decimal
+    event_count: int
+    last_value: Decimal
+    last_timestamp: dt.datetime
+    last_event_id: int
+
+    def add(self, other: _Combined) -> None:
+        self.value_sum += other.value_sum
+        self.event_count += other.event_count
+        if (other.last_timestamp, other.last_event_id) > (
+            self.last_timestamp,
+            self.last_event_id,
+        ):
+            self.last_value = other.last_value
+            self.last_timestamp = other.last_timestamp
+            self.last_event_id = other.last_event_id
+
+
+_ROW_FIELDS = (
+    "customer_id",
+    "value_sum",
+    "event_count",
+    "last_value",
+    "last_timestamp",
+    "last_event_id",
+)
+
+
+def _combine_rows(rows: Iterable[tuple[Any, ...]]) -> dict[int, _Combined]:
+    combined: dict[int, _Combined] = {}
+    for customer_id, *fields in rows:
+        row = _Combined(*fields)
+        if customer_id in combined:
+            combined[customer_id].add(row)
+        else:
+            combined[customer_id] = row
+    return combined
+
+
+def _recompute_plain_month(meter_id: int, month: dt.date) -> None:
+    first, after = month_of(month)
+    per_customer = _combine_rows(
+        MeterDailyRollup.objects.filter(meter_id=meter_id, day__gte=first, day__lt=after)
+        .order_by("day")
+        .values_list(*_ROW_FIELDS)
+    )
+    MeterMonthlyRollup.objects.filter(meter_id=meter_id, month=first).delete()
+    MeterMonthlyRollup.objects.bulk_create(
+        [
+            MeterMonthlyRollup(meter_id=meter_id, month=first, customer_id=customer_id, **asdict(c))
+            for customer_id, c in sorted(per_customer.items())
+        ],
+        batch_size=500,
+    )
+
+
+def _recompute_plain_day(meter_id: int, day: dt.date) -> None:
+    start = day_start(day)
+    rollups = UsageRollup.objects.filter(
+        meter_id=meter_id, hour__gte=start, hour__lt=start + _DAY, event_count__gt=0
+    )
+    per_customer = _combine_rows(rollups.values_list(*_ROW_FIELDS))
+    per_hour: dict[dt.datetime, _Combined] = {}
+    for hour, total, events, last_value in rollups.values_list(
+        "hour", "value_sum", "event_count", "last_value"
+    ):
+        assert last_value is not None  # every non-empty rollup has a last event
+        if hour in per_hour:
+            per_hour[hour].value_sum += total
+            per_hour[hour].event_count += events
+            per_hour[hour].last_value += last_value
+        else:
+            # For totals, "last" is the sum of the customers' last values: kept in last_value.
+            per_hour[hour] = _Combined(total, events, last_value, hour, 0)
+    MeterDailyRollup.objects.filter(meter_id=meter_id, day=day).delete()
+    MeterDailyRollup.objects.bulk_create(
+        [
+            MeterDailyRollup(meter_id=meter_id, day=day, customer_id=customer_id, **asdict(c))
+            for customer_id, c in sorted(per_customer.items())
+        ],
+        batch_size=500,
+    )
+    MeterUsageTotal.objects.filter(
+        meter_id=meter_id, start__gte=start, start__lt=start + _DAY
+    ).delete()
+    totals = [
+        MeterUsageTotal(
+            meter_id=meter_id,
+            grain=MeterUsageTotal.Grain.HOUR,
+            start=hour,
+            value_sum=row.value_sum,
+            event_count=row.event_count,
+            last_sum=row.last_value,
+        )
+        for hour, row in sorted(per_hour.items())
+    ]
+    if per_customer:
+        rows = per_customer.values()
+        totals.append(
+            MeterUsageTotal(
+                meter_id=meter_id,
+                grain=MeterUsageTotal.Grain.DAY,
+                start=start,
+                value_sum=sum((row.value_sum for row in rows), Decimal(0)),
+                event_count=sum(row.event_count for row in rows),
+                last_sum=sum((row.last_value for row in rows), Decimal(0)),
+            )
+        )
+    MeterUsageTotal.objects.bulk_create(totals, batch_size=500)
