@@ -39,7 +39,8 @@ def mixed_file() -> bytes:
 def test_upload_imports_valid_rows_and_explains_the_others(
     celery_worker, finance_client: Client, api_meter: Meter, count_meter: Meter, customers
 ) -> None:
-    upload = wait_for(post_upload(finance_client, mixed_file()))
+    content = mixed_file()  # once: "yesterday" may change between two calls
+    upload = wait_for(post_upload(finance_client, content))
 
     assert upload.status == Upload.Status.SUCCEEDED_WITH_ERRORS
     assert (upload.rows_total, upload.rows_read) == (9, 9)
@@ -75,7 +76,7 @@ def test_upload_imports_valid_rows_and_explains_the_others(
     assert "=HYPERLINK(&quot;http://evil&quot;)" in page
 
     # The same file again: nothing is counted twice.
-    again = wait_for(post_upload(finance_client, mixed_file()))
+    again = wait_for(post_upload(finance_client, content))
     assert (again.rows_imported, again.rows_duplicate, again.rows_failed) == (0, 6, 3)
     assert counted_events(api_meter) == 4
     assert rollup_total(api_meter) == (Decimal("11.0"), 4)
@@ -172,8 +173,9 @@ def test_revert_cancels_every_event_and_updates_rollups(
     assert upload.events_reverted == 6
 
 
-def big_file(rows: int, customers: int = 3) -> bytes:
-    d = day()
+def big_file(rows: int, customers: int = 3, d: str | None = None) -> bytes:
+    """``rows`` rows on day ``d`` (yesterday by default), a second apart."""
+    d = d or day()
     body = "".join(
         f"{d}T{(n // 3600) % 24:02d}:{(n // 60) % 60:02d}:{n % 60:02d}Z,api_calls,"
         f"cus_{n % customers + 1},{n % 7}\n"

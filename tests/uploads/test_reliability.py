@@ -126,15 +126,17 @@ def test_two_uploads_at_once_and_the_same_file_twice_at_once(
 ) -> None:
     for _ in range(2):
         celery_worker_factory(env={"USAGE_UPLOAD_CHUNK_ROWS": "300"})
-    # Different files touching the same customers and hours: the same rollup rows.
+    # Different files touching the same customers and hours: the same rollup rows. One day
+    # for all four files, even if the real date changes while they are built.
     d = day()
     other = HEADER.replace("\n", ",identifier\n") + "".join(
         f"{d}T{n % 24:02d}:30:00Z,api_calls,cus_{n % 3 + 1},2,other-{n}\n" for n in range(3000)
     )
-    first = post_upload(finance_client, big_file(3000))
+    same = big_file(2000, customers=2, d=d)
+    first = post_upload(finance_client, big_file(3000, d=d))
     second = post_upload(finance_client, other.encode())
-    same_a = post_upload(finance_client, big_file(2000, customers=2), name="same.csv")
-    same_b = post_upload(finance_client, big_file(2000, customers=2), name="same.csv")
+    same_a = post_upload(finance_client, same, name="same.csv")
+    same_b = post_upload(finance_client, same, name="same.csv")
     uploads = [wait_for(upload) for upload in (first, second, same_a, same_b)]
 
     assert [u.status for u in uploads] == [Upload.Status.SUCCEEDED] * 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,23 +18,30 @@ def test_turnstile_lets_chunks_through_in_number_order_whatever_order_they_arriv
     turnstile = Turnstile()
     passed: list[int] = []
 
-    def chunk(number: int, delay: float) -> None:
-        time.sleep(delay)
+    def chunk(number: int, arrived: threading.Event) -> None:
+        arrived.set()
         with turnstile.turn(number):
             passed.append(number)
 
-    # Later chunks arrive first; chunk 2 never enters (all its rows were duplicates).
-    threads = [
-        threading.Thread(target=chunk, args=(number, delay))
-        for number, delay in ((4, 0.0), (3, 0.05), (1, 0.1), (0, 0.2))
-    ]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)
-    assert passed == [0, 1]  # 3 and 4 wait for 2
+    # Later chunks arrive first: each thread starts once the one before it is at the
+    # turnstile. Chunk 2 never enters (all its rows were duplicates).
+    threads: dict[int, threading.Thread] = {}
+    for number in (4, 3, 1, 0):
+        arrived = threading.Event()
+        threads[number] = threading.Thread(target=chunk, args=(number, arrived), daemon=True)
+        threads[number].start()
+        assert arrived.wait(timeout=5)
+        if number != 0:
+            assert passed == []  # nobody gets through before chunk 0
+    for number in (0, 1):
+        threads[number].join(timeout=5)
+        assert not threads[number].is_alive()
+    assert passed == [0, 1]
+    assert threads[3].is_alive() and threads[4].is_alive()  # 3 and 4 wait for 2
     turnstile.done(2)
-    for thread in threads:
+    for thread in threads.values():
         thread.join(timeout=5)
+        assert not thread.is_alive()
     assert passed == [0, 1, 3, 4]
 
 
