@@ -35,6 +35,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from events.ingestion import (
+    IngestCounts,
     RejectionInput,
     event_rejections_record,
     gc_paused,
@@ -42,7 +43,7 @@ from events.ingestion import (
 )
 from events.models import EventBatch
 from meters.models import Meter
-from uploads.counters import ExternalCounter
+from uploads.counters import Counter, ExternalCounter
 from uploads.limits import chunk_rows, max_line_bytes, max_upload_bytes, setting
 from uploads.models import Upload
 from uploads.reading import (
@@ -160,16 +161,43 @@ def upload_process(*, upload_id: int) -> None:
 def _process(upload: Upload, token: str) -> None:
     meters = _meter_keys()
     if not upload.file or not upload.file.storage.exists(upload.file.name or ""):
-        with transaction.atomic():
-            upload = _locked_owned(upload.pk, token)
-            _finish(
-                upload,
-                Upload.Status.FAILED,
-                now=timezone.now(),
-                reason="The stored file is missing, so it cannot be read.",
-            )
+        _fail(upload.pk, token, "The stored file is missing, so it cannot be read.")
         return
-    # Pass 1: validate the whole file before importing anything.
+    validated = _validate(upload, token, meters)
+    if validated is None:
+        return
+    upload, header = validated
+    try:
+        with _occurrence_counter(upload, header, meters) as occurrences:
+            completed = _import(upload, token, RowBuilder(header, meters, occurrences))
+    except FileProblem as error:
+        # The first pass read the same bytes, so only a file changed underneath gets here.
+        _fail(upload.pk, token, error.reason)
+        return
+    if completed:
+        _succeed(upload.pk, token)
+
+
+def _succeed(upload_id: int, token: str) -> None:
+    with transaction.atomic():
+        upload = _locked_owned(upload_id, token)
+        status = (
+            Upload.Status.SUCCEEDED_WITH_ERRORS if upload.rows_failed else Upload.Status.SUCCEEDED
+        )
+        _finish(upload, status, now=timezone.now())
+
+
+def _fail(upload_id: int, token: str, reason: str) -> None:
+    with transaction.atomic():
+        upload = _locked_owned(upload_id, token)
+        _finish(upload, Upload.Status.FAILED, now=timezone.now(), reason=reason)
+
+
+def _validate(
+    upload: Upload, token: str, meters: dict[str, MeterKeys]
+) -> tuple[Upload, list[str]] | None:
+    """Pass 1: the whole file read before anything is imported. The upload (as now saved,
+    with its header and record count) and its header; None when it failed."""
     binary, lines = _open_lines(upload)
     try:
         inspection = inspect(lines, max_line_bytes=max_line_bytes())
@@ -184,25 +212,96 @@ def _process(upload: Upload, token: str) -> None:
         upload = _locked_owned(upload.pk, token)
         if problem or inspection is None:
             _finish(upload, Upload.Status.FAILED, now=timezone.now(), reason=problem)
-            return
+            return None
         upload.header = inspection.header
         upload.rows_total = inspection.records
         if not upload.validate_only:
             upload.status = Upload.Status.IMPORTING
         upload.heartbeat_at = timezone.now()
         upload.save(update_fields=["header", "rows_total", "status", "heartbeat_at"])
-    # Pass 2: import chunk by chunk. Records an earlier run committed are read again only to
-    # keep the identical-row counts right.
-    builder = RowBuilder(inspection.header, meters)
+    return upload, inspection.header
+
+
+@contextmanager
+def _occurrence_counter(
+    upload: Upload, header: list[str], meters: dict[str, MeterKeys]
+) -> Iterator[Counter | None]:
+    """The identical-row counter for the import: None (the row builder's own, in memory),
+    or for a file too large for its memory one worked out on disk, in a scratch folder that
+    lasts while the context does."""
+    if (upload.rows_total or 0) <= setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="upload-counts-") as scratch:
+        yield _occurrences_counted_on_disk(upload, header, meters, Path(scratch))
+
+
+def _import(upload: Upload, token: str, builder: RowBuilder) -> bool:
+    """Pass 2: import chunk by chunk. Records an earlier run committed are read again only to
+    keep the identical-row counts right. False: the run stopped (cancelled or superseded)."""
     committed = sorted((low, high) for low, high in upload.committed_ranges)
-    batch = upload.batch
+    position = 0
+    # The chunks' many short-lived objects die by reference counting; see gc_paused.
+    with (
+        _data_records(upload) as record_iter,
+        gc_paused(),
+        _chunk_writers(upload.pk, token, upload.batch) as writers,
+    ):
+        for number, chunk in enumerate(chunked(record_iter, chunk_rows())):
+            for start, part, done in _parts(position, chunk, committed):
+                if not done and not writers.reserve():
+                    return False
+                built = builder.build_columns(part)
+                if done:
+                    continue
+                if not writers.submit((start, built)):
+                    return False
+                del built
+            position += len(chunk)
+            if number % 50 == 49:
+                gc.collect()  # what few cycles the chunks made
+        return writers.close()
+
+
+class _InlineWriter:
+    """``ChunkWriters``' interface for no writer threads: the job's own thread commits each
+    chunk as it is submitted."""
+
+    def __init__(self, commit: Callable[..., bool]) -> None:
+        self._commit = commit
+
+    def reserve(self) -> bool:
+        return True
+
+    def submit(self, item: tuple[int, BuiltChunk]) -> bool:
+        start, built = item
+        return self._commit(built, start=start)
+
+    def close(self) -> bool:
+        return True
+
+    def __enter__(self) -> _InlineWriter:
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        pass
+
+
+def _chunk_writers(
+    upload_id: int, token: str, batch: EventBatch
+) -> ChunkWriters[tuple[int, BuiltChunk]] | _InlineWriter:
+    """What commits the built chunks: writer threads, which take the ingestion core's
+    identifier section in chunk order (``Turnstile``), or the job's own thread."""
+    threads = _writer_threads()
+    if not threads:
+        return _InlineWriter(partial(_commit_chunk, upload_id, token, batch))
     turnstile = Turnstile()
 
     def write(number: int, part: tuple[int, BuiltChunk]) -> bool:  # a writer thread
         start, built = part
         try:
             return _commit_chunk(
-                upload.pk,
+                upload_id,
                 token,
                 batch,
                 built,
@@ -212,55 +311,7 @@ def _process(upload: Upload, token: str) -> None:
         finally:
             turnstile.done(number)
 
-    threads = _writer_threads()
-    # A file too large for the identical-row counter's memory has it worked out on disk.
-    large = (upload.rows_total or 0) > setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000)
-    scratch = tempfile.TemporaryDirectory(prefix="upload-counts-") if large else None
-    try:
-        if scratch is not None:
-            builder.occurrences = _occurrences_counted_on_disk(
-                upload, inspection.header, meters, Path(scratch.name)
-            )
-        position = 0
-        # The chunks' many short-lived objects die by reference counting; see gc_paused.
-        with (
-            _data_records(upload) as record_iter,
-            gc_paused(),
-            ChunkWriters(write, threads=threads) if threads else nullcontext() as writers,
-        ):
-            for number, chunk in enumerate(chunked(record_iter, chunk_rows())):
-                for start, part, done in _parts(position, chunk, committed):
-                    if not done and writers is not None and not writers.reserve():
-                        return
-                    built = builder.build_columns(part)
-                    if done:
-                        continue
-                    if writers is None:
-                        if not _commit_chunk(upload.pk, token, batch, built, start=start):
-                            return
-                    elif not writers.submit((start, built)):
-                        return
-                    del built
-                position += len(chunk)
-                if number % 50 == 49:
-                    gc.collect()  # what few cycles the chunks made
-            if writers is not None and not writers.close():
-                return
-    except FileProblem as error:
-        # The first pass read the same bytes, so only a file changed underneath gets here.
-        with transaction.atomic():
-            upload = _locked_owned(upload.pk, token)
-            _finish(upload, Upload.Status.FAILED, now=timezone.now(), reason=error.reason)
-        return
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
-    with transaction.atomic():
-        upload = _locked_owned(upload.pk, token)
-        status = (
-            Upload.Status.SUCCEEDED_WITH_ERRORS if upload.rows_failed else Upload.Status.SUCCEEDED
-        )
-        _finish(upload, status, now=timezone.now())
+    return ChunkWriters(write, threads=threads)
 
 
 def _rejection_of(row: ParsedRow) -> RejectionInput:
@@ -350,18 +401,9 @@ def _commit_chunk(
 ) -> bool:
     """Ingest one chunk and add it to the job's progress, in one transaction. False: stop
     (the job was cancelled; the chunk is not imported)."""
-    end = start + built.records
     try:
         with transaction.atomic():
-            if connection.vendor == "postgresql":
-                # Don't wait for the WAL flush of each chunk. Safe: the chunk's events,
-                # rollups and its place in the job's progress commit in this one
-                # transaction, so a commit lost in a server crash loses them together and
-                # the retried run imports the chunk again; nothing is counted twice or
-                # skipped. (Only this transaction is affected; the job's final status
-                # still commits synchronously.)
-                with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL synchronous_commit = off")
+            _commit_without_waiting_for_the_flush()
             _check_owned(upload_id, token)  # unlocked: saves the work of a stopped job
             parse_failures = [_rejection_of(row) for row in built.errors]
             if parse_failures:
@@ -371,40 +413,13 @@ def _commit_chunk(
                 report = meter_events_ingest_columns(
                     columns=built.columns, batch=batch, ids_in_turn=ids_in_turn
                 )
-            # The job's row is locked last: chunks committing at once queue on it only for
-            # the moment their progress takes. The decisive ownership check is this one.
-            upload = _locked_owned(upload_id, token)
-            if upload.cancel_requested_at is not None:
-                raise _CancelRequested
-            ranges = _ranges_merged(upload.committed_ranges, start, end)
-            if ranges is None:
-                raise RunSuperseded  # committed already: only another run can have done it
-            totals = upload.meter_totals
-            if report is not None:
-                upload.rows_imported += report.accepted
-                upload.rows_duplicate += report.duplicates
-                upload.rows_failed += report.rejected
-                for meter_pk, total in report.totals_by_meter.items():
-                    entry = totals.setdefault(str(meter_pk), {"events": 0, "value": "0"})
-                    entry["events"] += total.event_count
-                    entry["value"] = str(Decimal(entry["value"]) + total.value_sum)
-            upload.rows_failed += len(parse_failures)
-            upload.rows_read += built.records
-            upload.records_committed += built.records
-            upload.committed_ranges = ranges
-            upload.meter_totals = totals
-            upload.heartbeat_at = timezone.now()
-            upload.save(
-                update_fields=[
-                    "rows_imported",
-                    "rows_duplicate",
-                    "rows_failed",
-                    "rows_read",
-                    "records_committed",
-                    "committed_ranges",
-                    "meter_totals",
-                    "heartbeat_at",
-                ]
+            _progress_add(
+                upload_id,
+                token,
+                start=start,
+                built=built,
+                report=report,
+                parse_failures=len(parse_failures),
             )
     except _CancelRequested:
         with transaction.atomic():
@@ -412,6 +427,65 @@ def _commit_chunk(
             _finish(upload, Upload.Status.CANCELLED, now=timezone.now())
         return False
     return True
+
+
+def _commit_without_waiting_for_the_flush() -> None:
+    """Don't wait for the WAL flush of each chunk. Safe: the chunk's events, rollups and its
+    place in the job's progress commit in one transaction, so a commit lost in a server crash
+    loses them together and the retried run imports the chunk again; nothing is counted twice
+    or skipped. (Only this transaction is affected; the job's final status still commits
+    synchronously.)"""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+
+
+def _progress_add(
+    upload_id: int,
+    token: str,
+    *,
+    start: int,
+    built: BuiltChunk,
+    report: IngestCounts | None,
+    parse_failures: int,
+) -> None:
+    """Add a chunk's counts and its range of records to the job's progress, in the chunk's
+    transaction."""
+    # The job's row is locked last: chunks committing at once queue on it only for the
+    # moment their progress takes. The decisive ownership check is this one.
+    upload = _locked_owned(upload_id, token)
+    if upload.cancel_requested_at is not None:
+        raise _CancelRequested
+    ranges = _ranges_merged(upload.committed_ranges, start, start + built.records)
+    if ranges is None:
+        raise RunSuperseded  # committed already: only another run can have done it
+    totals = upload.meter_totals
+    if report is not None:
+        upload.rows_imported += report.accepted
+        upload.rows_duplicate += report.duplicates
+        upload.rows_failed += report.rejected
+        for meter_pk, total in report.totals_by_meter.items():
+            entry = totals.setdefault(str(meter_pk), {"events": 0, "value": "0"})
+            entry["events"] += total.event_count
+            entry["value"] = str(Decimal(entry["value"]) + total.value_sum)
+    upload.rows_failed += parse_failures
+    upload.rows_read += built.records
+    upload.records_committed += built.records
+    upload.committed_ranges = ranges
+    upload.meter_totals = totals
+    upload.heartbeat_at = timezone.now()
+    upload.save(
+        update_fields=[
+            "rows_imported",
+            "rows_duplicate",
+            "rows_failed",
+            "rows_read",
+            "records_committed",
+            "committed_ranges",
+            "meter_totals",
+            "heartbeat_at",
+        ]
+    )
 
 
 def _check_owned(upload_id: int, token: str) -> None:

@@ -115,55 +115,89 @@ def text_lines(
     by ``OVERLONG_MARK``. Raises ``FileProblem`` for binary content, text that is not UTF-8,
     a corrupt gzip stream, or content beyond ``max_bytes``.
     """
-    total = 0
-    line_number = 0  # complete lines so far
-    pending = b""  # the start of a UTF-8 sequence that the next block completes
-    carry = ""  # the current line's start
-    carry_bytes = 0
-    skipping = False  # inside an over-long line: dropped up to its newline
-    short = max(1, max_line_bytes // 4)  # UTF-8: at most 4 bytes a character
+    splitter = _LineSplitter(max_bytes=max_bytes, max_line_bytes=max_line_bytes)
     try:
         while block := binary.read(block_bytes):
-            total += len(block)
-            if total > max_bytes:
-                raise FileProblem(_over_limit_reason(max_bytes, decompressed=True))
-            if total == len(block) and block.startswith(UTF8_BOM):
-                block = block[len(UTF8_BOM) :]
-            if pending:
-                block, pending = pending + block, b""
-            cut = _utf8_complete_end(block)
-            block, pending = block[:cut], block[cut:]
-            text = _decoded(block, line_number, carry_bytes)
-            parts = text.split("\n")
-            last = parts.pop()
-            if not carry and not skipping and (not parts or max(map(len, parts)) <= short):
-                lines = [part + "\n" for part in parts]  # the usual block
-            else:
-                lines = []
-                for part in parts:
-                    if skipping:
-                        lines.append(OVERLONG_MARK + "\n")
-                        skipping = False
-                    else:
-                        line = carry + part
-                        too_long = len(line) > short and len(line.encode()) > max_line_bytes
-                        lines.append(OVERLONG_MARK + "\n" if too_long else line + "\n")
-                    carry, carry_bytes = "", 0
-            line_number += len(lines)
-            yield from lines
-            if not skipping:
-                carry += last
-                carry_bytes += len(last.encode())
-                if carry_bytes > max_line_bytes:  # drop it as it comes
-                    carry, carry_bytes, skipping = "", 0, True
-        if pending:
-            _decoded(pending, line_number, carry_bytes)  # raises: a truncated sequence
-        if skipping:
-            yield OVERLONG_MARK + "\n"
-        elif carry:
-            yield carry
+            yield from splitter.lines(block)
+        yield from splitter.last_lines()
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise FileProblem(f"The gzip-compressed file is damaged: {error}.") from None
+
+
+class _LineSplitter:
+    """``text_lines``' state from one block to the next: what was read, the end of a UTF-8
+    sequence or of a line that the next block completes, and whether an over-long line is
+    being dropped."""
+
+    def __init__(self, *, max_bytes: int, max_line_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_line_bytes = max_line_bytes
+        self.short = max(1, max_line_bytes // 4)  # UTF-8: at most 4 bytes a character
+        self.total = 0
+        self.line_number = 0  # complete lines so far
+        self.pending = b""  # the start of a UTF-8 sequence that the next block completes
+        self.carry = ""  # the current line's start
+        self.carry_bytes = 0
+        self.skipping = False  # inside an over-long line: dropped up to its newline
+
+    def lines(self, block: bytes) -> list[str]:
+        """The lines that ``block`` completes."""
+        parts = self._decoded(block).split("\n")
+        last = parts.pop()
+        if (
+            not self.carry
+            and not self.skipping
+            and (not parts or max(map(len, parts)) <= self.short)
+        ):
+            lines = [part + "\n" for part in parts]  # the usual block
+        else:
+            lines = self._lines_continued(parts)
+        self.line_number += len(lines)
+        if not self.skipping:
+            self.carry += last
+            self.carry_bytes += len(last.encode())
+            if self.carry_bytes > self.max_line_bytes:  # drop it as it comes
+                self.carry, self.carry_bytes, self.skipping = "", 0, True
+        return lines
+
+    def last_lines(self) -> list[str]:
+        """After the last block: the line it left unfinished, if any."""
+        if self.pending:
+            _decoded(self.pending, self.line_number, self.carry_bytes)  # raises: truncated
+        if self.skipping:
+            return [OVERLONG_MARK + "\n"]
+        return [self.carry] if self.carry else []
+
+    def _decoded(self, block: bytes) -> str:
+        self.total += len(block)
+        if self.total > self.max_bytes:
+            raise FileProblem(_over_limit_reason(self.max_bytes, decompressed=True))
+        if self.total == len(block) and block.startswith(UTF8_BOM):
+            block = block[len(UTF8_BOM) :]
+        if self.pending:
+            block, self.pending = self.pending + block, b""
+        cut = _utf8_complete_end(block)
+        block, self.pending = block[:cut], block[cut:]
+        return _decoded(block, self.line_number, self.carry_bytes)
+
+    def _lines_continued(self, parts: list[str]) -> list[str]:
+        """The lines of a block that continues a line or holds a long one, checked each."""
+        carry, skipping = self.carry, self.skipping
+        short, max_line_bytes = self.short, self.max_line_bytes
+        lines = []
+        for part in parts:
+            if skipping:
+                lines.append(OVERLONG_MARK + "\n")
+                skipping = False
+            else:
+                line = carry + part
+                too_long = len(line) > short and len(line.encode()) > max_line_bytes
+                lines.append(OVERLONG_MARK + "\n" if too_long else line + "\n")
+            carry = ""
+        if parts:
+            self.carry, self.carry_bytes = "", 0
+        self.skipping = skipping
+        return lines
 
 
 def _utf8_complete_end(block: bytes) -> int:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,8 @@ from uploads.reading import (
 
 _DATE_ONLY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _UNIX_SECONDS = re.compile(r"-?\d{1,11}")
+
+Item = TypeVar("Item")
 
 
 class RawRow(Mapping[str, str]):
@@ -159,61 +162,26 @@ class RowBuilder:
 
     def build_columns(self, chunk: list[Record]) -> BuiltChunk:
         """The chunk's events in columns for the core, and the parser's own errors."""
-        header, width = self.header, self.width
-        errors: list[ParsedRow] = []
-        rows: list[list[str]] = []
-        lines: list[int] = []
-        for record in chunk:
-            if record.error:
-                errors.append(ParsedRow(record.line, {}, error=record.error))
-                continue
-            fields = record.fields
-            if len(fields) != width:
-                if "'" in "".join(fields):
-                    fields = [unescape_cell(value) for value in fields]
-                extra = fields[width:]
-                message = f"This line has {len(fields)} values but the header has {width} columns."
-                if extra:
-                    message += f" Extra values: {', '.join(extra)[:500]}"
-                error = RowError("row_column_count", message)
-                errors.append(ParsedRow(record.line, RawRow(header, fields), error=error))
-                continue
-            rows.append(fields)
-            lines.append(record.line)
+        rows, lines, errors = self._rows_of(chunk)
         # Column by column from here: one list operation per column instead of per-row steps.
-        columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in header]
-        if any("'" in "".join(column) for column in columns):  # rare: escaped cells, maybe
-            rows = [[unescape_cell(value) for value in fields] for fields in rows]
-            columns = [list(column) for column in zip(*rows, strict=True)]
+        rows, columns = _columns_of(rows, width=self.width)
         names = _stripped(columns[self.event_index])
-        texts = _stripped(columns[self.timestamp_index])
-        timestamps = _unix_seconds_or_none(texts)
-        refused: set[int] = set()
-        if not all(names) or None in timestamps:
-            for position, (name, timestamp) in enumerate(zip(names, timestamps, strict=True)):
-                if timestamp is None or not name:
-                    read = self._timestamp_or_refusal(name, texts[position])
-                    if isinstance(read, int):
-                        timestamps[position] = read
-                    else:
-                        raw = RawRow(header, rows[position])
-                        errors.append(ParsedRow(lines[position], raw, error=read))
-                        refused.add(position)
+        timestamps, refusals = self._timestamps_read(
+            names, _stripped(columns[self.timestamp_index]), rows, lines
+        )
+        errors += refusals
         payload = {key: _stripped(columns[index]) for index, key in self.payload_columns}
         identifiers = (
             _stripped(columns[self.identifier_index])
             if self.identifier_index is not None
             else [""] * len(rows)
         )
-        if refused:
-            keep = [position for position in range(len(rows)) if position not in refused]
-            lines, names, rows = (
-                [lines[p] for p in keep],
-                [names[p] for p in keep],
-                [rows[p] for p in keep],
-            )
-            timestamps, identifiers = [timestamps[p] for p in keep], [identifiers[p] for p in keep]
-            payload = {key: [values[p] for p in keep] for key, values in payload.items()}
+        if refusals:
+            refused = {row.line for row in refusals}  # a record's first line names it
+            keep = [position for position, line in enumerate(lines) if line not in refused]
+            lines, names, rows = _taken(lines, keep), _taken(names, keep), _taken(rows, keep)
+            timestamps, identifiers = _taken(timestamps, keep), _taken(identifiers, keep)
+            payload = {key: _taken(values, keep) for key, values in payload.items()}
         self._derive_identifiers(names, timestamps, identifiers, payload)  # type: ignore[arg-type]
         events = EventColumns(
             names,
@@ -221,10 +189,58 @@ class RowBuilder:
             identifiers,
             payload,
             lines,
-            RawRows(header, rows),
+            RawRows(self.header, rows),
             content_addressed=self.identifier_index is None,
         )
         return BuiltChunk(columns=events, errors=errors, records=len(chunk))
+
+    def _rows_of(self, chunk: list[Record]) -> tuple[list[list[str]], list[int], list[ParsedRow]]:
+        """The chunk's records with as many values as the header has columns (their fields
+        and lines), and the errors of the others, in file order."""
+        width = self.width
+        errors: list[ParsedRow] = []
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        for record in chunk:
+            if record.error:
+                errors.append(ParsedRow(record.line, {}, error=record.error))
+            elif len(record.fields) != width:
+                errors.append(self._column_count_error(record))
+            else:
+                rows.append(record.fields)
+                lines.append(record.line)
+        return rows, lines, errors
+
+    def _column_count_error(self, record: Record) -> ParsedRow:
+        """The error of a record with more or fewer values than the header has columns."""
+        fields, width = record.fields, self.width
+        if "'" in "".join(fields):
+            fields = [unescape_cell(value) for value in fields]
+        extra = fields[width:]
+        message = f"This line has {len(fields)} values but the header has {width} columns."
+        if extra:
+            message += f" Extra values: {', '.join(extra)[:500]}"
+        error = RowError("row_column_count", message)
+        return ParsedRow(record.line, RawRow(self.header, fields), error=error)
+
+    def _timestamps_read(
+        self, names: list[str], texts: list[str], rows: list[list[str]], lines: list[int]
+    ) -> tuple[list[int | None], list[ParsedRow]]:
+        """Each row's timestamp in Unix seconds, and the errors of the rows refused for their
+        timestamp or event name (their timestamps stay None)."""
+        timestamps = _unix_seconds_or_none(texts)
+        refusals: list[ParsedRow] = []
+        if all(names) and None not in timestamps:
+            return timestamps, refusals  # the usual chunk
+        for position, (name, timestamp) in enumerate(zip(names, timestamps, strict=True)):
+            if timestamp is None or not name:
+                read = self._timestamp_or_refusal(name, texts[position])
+                if isinstance(read, int):
+                    timestamps[position] = read
+                else:
+                    raw = RawRow(self.header, rows[position])
+                    refusals.append(ParsedRow(lines[position], raw, error=read))
+        return timestamps, refusals
 
     def _timestamp_or_refusal(self, name: str, timestamp_text: str) -> int | RowError:
         """For a row with an empty event name or a timestamp that is not Unix seconds: its
@@ -260,24 +276,7 @@ class RowBuilder:
         # Column by column in Arrow; only the hashing and the rare unusual value are per row.
         taken = pa.array(missing, type=pa.int64())
         row_names = pa.array(names, type=pa.string()).take(taken)
-        nothing = pa.array([""] * len(missing), type=pa.string())
-        arrays: dict[str, pa.Array] = {}
-
-        def payload_column(key: str) -> pa.Array:
-            if key not in payload:
-                return nothing
-            if key not in arrays:
-                arrays[key] = pa.array(payload[key], type=pa.string()).take(taken)
-            return arrays[key]
-
-        customers = values = nothing
-        for name in set(names):
-            meter = self.meters.get(name)
-            if meter is None:
-                continue  # an unknown meter: no customer or value (the core refuses the row)
-            of_meter = pc.equal(row_names, name)
-            customers = pc.if_else(of_meter, payload_column(meter.customer_key), customers)
-            values = pc.if_else(of_meter, payload_column(meter.value_key), values)
+        customers, values = self._customers_and_values(set(names), row_names, payload, taken)
         content = pc.binary_join_element_wise(
             row_names,
             customers,
@@ -285,13 +284,7 @@ class RowBuilder:
             _normalized_values(values),
             "\x1f",
         )
-        blake2b = hashlib.blake2b
-        digests = b"".join(
-            [
-                blake2b(text, digest_size=16).digest()
-                for text in content.cast(pa.binary()).to_pylist()
-            ]
-        )
+        digests = _digests(content)
         keys = np.frombuffer(digests, dtype=">u8")[::2]  # a digest's first 8 bytes
         occurrences = pa.array(self.occurrences.count(keys), type=pa.int64())
         made = pc.binary_join_element_wise(
@@ -302,6 +295,56 @@ class RowBuilder:
         else:
             for position, identifier in zip(missing, made, strict=True):
                 identifiers[position] = identifier
+
+    def _customers_and_values(
+        self,
+        event_names: set[str],
+        row_names: pa.Array,
+        payload: dict[str, list[str]],
+        taken: pa.Array,
+    ) -> tuple[pa.Array, pa.Array]:
+        """The customer and the value of each row in ``taken``, from the payload columns its
+        meter names ("" for a meter not known, or a column the file lacks)."""
+        nothing = pa.array([""] * len(taken), type=pa.string())
+        arrays: dict[str, pa.Array] = {}
+
+        def payload_column(key: str) -> pa.Array:
+            if key not in payload:
+                return nothing
+            if key not in arrays:
+                arrays[key] = pa.array(payload[key], type=pa.string()).take(taken)
+            return arrays[key]
+
+        customers = values = nothing
+        for name in event_names:
+            meter = self.meters.get(name)
+            if meter is None:
+                continue  # an unknown meter: no customer or value (the core refuses the row)
+            of_meter = pc.equal(row_names, name)
+            customers = pc.if_else(of_meter, payload_column(meter.customer_key), customers)
+            values = pc.if_else(of_meter, payload_column(meter.value_key), values)
+        return customers, values
+
+
+def _columns_of(rows: list[list[str]], *, width: int) -> tuple[list[list[str]], list[list[str]]]:
+    """The rows, and their values column by column, escaped cells unescaped."""
+    columns = [list(column) for column in zip(*rows, strict=True)] or [[] for _ in range(width)]
+    if any("'" in "".join(column) for column in columns):  # rare: escaped cells, maybe
+        rows = [[unescape_cell(value) for value in fields] for fields in rows]
+        columns = [list(column) for column in zip(*rows, strict=True)]
+    return rows, columns
+
+
+def _taken(values: list[Item], positions: list[int]) -> list[Item]:
+    return [values[position] for position in positions]
+
+
+def _digests(content: pa.Array) -> bytes:
+    """The 16-byte BLAKE2b digests of the texts, laid end to end."""
+    blake2b = hashlib.blake2b
+    return b"".join(
+        [blake2b(text, digest_size=16).digest() for text in content.cast(pa.binary()).to_pylist()]
+    )
 
 
 def _stripped(column: list[str]) -> list[str]:
