@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from events.models import EventRejection
 from meters.models import Meter
-from uploads import parsing
 from uploads.models import Upload
+from uploads.reading import escape_cell
 
 ERROR_FILE_COLUMNS = ("line", "error_code", "error_message")
 
@@ -126,7 +126,7 @@ def upload_error_file_lines(*, upload: Upload) -> Iterator[str]:
         raw = raw or {}
         cells = [str(raw.get(name, "")) for name in original]
         cells += ["" if line is None else str(line), code, message]
-        yield writer.writerow([parsing.escape_cell(cell) for cell in cells])
+        yield writer.writerow([escape_cell(cell) for cell in cells])
 
 
 def meter_template_csv(*, meter: Meter) -> str:

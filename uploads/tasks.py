@@ -1,4 +1,4 @@
-"""Celery tasks for uploads: thin wrappers around the services."""
+"""Celery tasks for uploads: thin wrappers around the services and the pipeline."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 from celery import shared_task
 from django.db import OperationalError
 
-from uploads.services import upload_process, upload_revert, uploads_requeue_stale
+from uploads.pipeline import upload_process
+from uploads.services import upload_revert, uploads_requeue_stale
 
 # An upload's import and its revert: redelivered if the worker dies, and tried again after a
 # lost database connection or a lock timeout. Both services are safe to run again (an

@@ -7,9 +7,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from meters.models import Meter
-from uploads import parsing, selectors, services
+from uploads import selectors, services
 from uploads.forms import ErrorFilterForm, UploadForm
+from uploads.limits import max_line_bytes, max_upload_bytes
 from uploads.models import Upload
+from uploads.reading import format_bytes
 from usage_portal.pagination import page_of
 from usage_portal.roles import Role, role_required
 from usage_portal.types import HtmxHttpRequest
@@ -55,8 +57,8 @@ def upload_create(request: HtmxHttpRequest) -> HttpResponse:
         "nav": "uploads",
         "form": form,
         "meters": selectors.upload_meters_for_templates(),
-        "max_bytes": parsing.format_bytes(services.max_upload_bytes()),
-        "max_line": parsing.format_bytes(services.max_line_bytes()),
+        "max_bytes": format_bytes(max_upload_bytes()),
+        "max_line": format_bytes(max_line_bytes()),
     }
     return render(request, "uploads/upload_create.html", context)
 

@@ -4,7 +4,7 @@ Why: a first import is bound by PostgreSQL (index upkeep of events and rollups, 
 per connection), and by the worker's parsing, which waits while its one connection works.
 With writer threads, each with its own connection, chunk N is parsed while chunks N-1 and
 N-2 are written, and the writes of two chunks use both cores. Each chunk still commits in
-one transaction with its share of the job's progress; see ``uploads.services``.
+one transaction with its share of the job's progress; see ``uploads.pipeline``.
 
 The threads wait on the database with the GIL released, so they overlap with the parsing
 thread; their own Python work (validation, COPY text) takes turns with it.

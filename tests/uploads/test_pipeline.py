@@ -255,15 +255,15 @@ def test_a_file_too_large_for_the_counters_memory_counts_identical_rows_on_disk(
 
 
 def parse_in_memory(content: bytes) -> list:
-    from uploads import parsing
+    from uploads import reading, rows
 
-    lines = parsing.text_lines(io.BytesIO(content), max_bytes=10**6, max_line_bytes=10**6)
-    record_iter = parsing.records(lines, max_line_bytes=10**6)
-    header = parsing.header_read(record_iter)
+    lines = reading.text_lines(io.BytesIO(content), max_bytes=10**6, max_line_bytes=10**6)
+    record_iter = reading.records(lines, max_line_bytes=10**6)
+    header = reading.header_read(record_iter)
     meters = {
-        "api_calls": parsing.MeterKeys(
+        "api_calls": reading.MeterKeys(
             "api_calls", "API", "stripe_customer_id", "value", True, True
         )
     }
-    builder = parsing.RowBuilder(header, meters)
-    return [row for chunk in parsing.chunked(record_iter, 5) for row in builder.build(chunk)]
+    builder = rows.RowBuilder(header, meters)
+    return [row for chunk in reading.chunked(record_iter, 5) for row in builder.build(chunk)]

@@ -13,7 +13,8 @@ from meters.models import Meter
 from tests.factories import MeterFactory
 from tests.uploads.conftest import HEADER, day, post_upload
 from uploads.models import Upload
-from uploads.services import upload_process, upload_revert, uploads_requeue_stale
+from uploads.pipeline import upload_process
+from uploads.services import upload_revert, uploads_requeue_stale
 
 pytestmark = pytest.mark.django_db
 

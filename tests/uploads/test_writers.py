@@ -9,8 +9,8 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from uploads import parsing
-from uploads.services import _parts, _ranges_merged
+from uploads.pipeline import _parts, _ranges_merged
+from uploads.reading import Record
 from uploads.writers import ChunkWriters, Turnstile
 
 
@@ -78,7 +78,7 @@ def test_a_retried_run_imports_exactly_the_records_no_chunk_committed(
 ) -> None:
     """A first run commits some of its chunks, in any order (chunks commit at once), then
     dies; the retry, with another chunk size, commits the rest: every record exactly once."""
-    records = [parsing.Record(line, []) for line in range(total)]
+    records = [Record(line, []) for line in range(total)]
     ranges: list[list[int]] = []
     for start in range(0, total, first_size):
         if committed_share.random() < 0.5:
