@@ -6,7 +6,6 @@ Each function is keyword-only, runs in one transaction, validates before writing
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 
 from customers.models import Customer
+from uploads.reading import FileProblem, Record, open_decompressed, records, text_lines
 from usage_portal.audit import audit_diff, audit_record, audit_target
 from usage_portal.models import AuditEntry
 
@@ -186,7 +186,9 @@ def customer_update(
 CUSTOMER_IMPORT_MAX_ROWS = 10_000
 CUSTOMER_IMPORT_MAX_BYTES = 5 * 1024 * 1024
 CUSTOMER_IMPORT_COLUMNS = ("id", "name", "email")
+CUSTOMER_IMPORT_MAX_LINE_BYTES = 64 * 1024
 _COLUMN_COUNT = "\0columns"  # set on rows whose number of values differs from the header's
+_ROW_ERROR = "\0error"  # set on rows the reader refused (not valid CSV, line too long)
 
 
 @dataclass(frozen=True)
@@ -207,18 +209,6 @@ class CustomerImportResult:
     @property
     def rows_rejected(self) -> int:
         return len(self.errors)
-
-
-def _decode_csv(data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValidationError(
-            "The file is not UTF-8 text (undecodable byte at position %(position)d). "
-            "Save it as CSV UTF-8 and try again.",
-            code="invalid_encoding",
-            params={"position": error.start},
-        ) from error
 
 
 @transaction.atomic
@@ -244,6 +234,8 @@ def customers_import_csv(*, actor: User | None, data: bytes) -> CustomerImportRe
     for line, row in rows:
         external_id = row.get("id", "")
         try:
+            if _ROW_ERROR in row:
+                raise ValidationError(row[_ROW_ERROR])
             if _COLUMN_COUNT in row:
                 count, expected = row[_COLUMN_COUNT].split("/")
                 raise ValidationError(
@@ -325,59 +317,67 @@ def customers_import_csv(*, actor: User | None, data: bytes) -> CustomerImportRe
 
 
 def _parse_customer_csv(data: bytes) -> list[tuple[int, dict[str, str]]]:
+    """(line, {column: value}) of each row, read by the uploads reader: the same decoding,
+    gzip, binary and size checks and messages as a usage upload, not a second CSV parser."""
     if len(data) > CUSTOMER_IMPORT_MAX_BYTES:
         raise ValidationError(
             "The file is %(size)s MB; the limit is 5 MB.",
             code="file_too_large",
             params={"size": f"{len(data) / 1024 / 1024:.1f}"},
         )
-    text = _decode_csv(data)
-    if not text.strip():
-        raise ValidationError("The file is empty.", code="empty_file")
-    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = [column.strip().lower() for column in next(reader)]
-    except csv.Error as error:
-        raise ValidationError(f"The file is not valid CSV: {error}.", code="invalid_csv") from error
+        lines = text_lines(
+            open_decompressed(io.BytesIO(data)),
+            max_bytes=CUSTOMER_IMPORT_MAX_BYTES,
+            max_line_bytes=CUSTOMER_IMPORT_MAX_LINE_BYTES,
+        )
+        rows = list(records(lines, max_line_bytes=CUSTOMER_IMPORT_MAX_LINE_BYTES))
+    except FileProblem as problem:
+        raise ValidationError(problem.reason, code="invalid_file") from None
+    if not rows:
+        raise ValidationError("The file is empty.", code="empty_file")
+    header_record, *data_records = rows
+    if header_record.error is not None:
+        raise ValidationError(
+            "The header line: %(reason)s",
+            code="invalid_csv",
+            params={"reason": header_record.error.message},
+        )
+    header = _customer_header(header_record.fields)
+    if len(data_records) > CUSTOMER_IMPORT_MAX_ROWS:
+        raise ValidationError(
+            "The file has more than %(max)s rows; split it into files of at most %(max)s rows.",
+            code="too_many_rows",
+            params={"max": f"{CUSTOMER_IMPORT_MAX_ROWS:,}"},
+        )
+    return [(record.line, _customer_row(header, record)) for record in data_records]
+
+
+def _customer_header(fields: list[str]) -> list[str]:
+    header = [column.strip().lower() for column in fields]
     unknown = [column for column in header if column not in CUSTOMER_IMPORT_COLUMNS]
     duplicated = {column for column in header if header.count(column) > 1}
-    if "id" not in header or unknown or duplicated:
-        problems = []
-        if "id" not in header:
-            problems.append("it has no “id” column")
-        if unknown:
-            problems.append("unknown columns: " + ", ".join(f"“{c}”" for c in unknown))
-        if duplicated:
-            problems.append("repeated columns: " + ", ".join(sorted(duplicated)))
-        raise ValidationError(
-            "The first line must be the header id,name,email (name and email optional); "
-            + "; ".join(problems)
-            + ".",
-            code="invalid_header",
-        )
+    if "id" in header and not unknown and not duplicated:
+        return header
+    problems = []
+    if "id" not in header:
+        problems.append("it has no “id” column")
+    if unknown:
+        problems.append("unknown columns: " + ", ".join(f"“{c}”" for c in unknown))
+    if duplicated:
+        problems.append("repeated columns: " + ", ".join(sorted(duplicated)))
+    raise ValidationError(
+        "The first line must be the header id,name,email (name and email optional); "
+        + "; ".join(problems)
+        + ".",
+        code="invalid_header",
+    )
 
-    rows: list[tuple[int, dict[str, str]]] = []
-    line = reader.line_num
-    try:
-        for values in reader:
-            start, line = line + 1, reader.line_num
-            if not any(value.strip() for value in values):
-                continue
-            if len(rows) >= CUSTOMER_IMPORT_MAX_ROWS:
-                raise ValidationError(
-                    "The file has more than %(max)s rows; split it into files of at most "
-                    "%(max)s rows.",
-                    code="too_many_rows",
-                    params={"max": f"{CUSTOMER_IMPORT_MAX_ROWS:,}"},
-                )
-            row = dict(zip(header, values, strict=False))
-            if len(values) != len(header):
-                row[_COLUMN_COUNT] = f"{len(values)}/{len(header)}"
-            rows.append((start, row))
-    except csv.Error as error:
-        raise ValidationError(
-            "Line %(line)d is not valid CSV: %(error)s.",
-            code="invalid_csv",
-            params={"line": line + 1, "error": error},
-        ) from error
-    return rows
+
+def _customer_row(header: list[str], record: Record) -> dict[str, str]:
+    if record.error is not None:  # malformed CSV or an over-long line: this row only
+        return {_ROW_ERROR: record.error.message}
+    row = dict(zip(header, record.fields, strict=False))
+    if len(record.fields) != len(header):
+        row[_COLUMN_COUNT] = f"{len(record.fields)}/{len(header)}"
+    return row

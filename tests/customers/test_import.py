@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gzip
+
 import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -128,4 +130,23 @@ def test_support_cannot_import(support_client: Client) -> None:
     upload = SimpleUploadedFile("c.csv", b"id\ncus_1\n", "text/csv")
     response = support_client.post(reverse("customers:customer_import"), {"file": upload})
     assert response.status_code == 403
+    assert not Customer.objects.exists()
+
+
+def test_the_uploads_reader_reads_customer_files_too(admin_role_user: User) -> None:
+    """Customer files are read like usage uploads: gzip is unpacked, and a line that is too
+    long fails alone, with its line number, while the others import."""
+    text = f"id,name\ncus_1,One\ncus_3,{'x' * (70 * 1024)}\ncus_4,Four\n"
+    result = _import(admin_role_user, gzip.compress(text.encode()))
+    assert result.file_error == ""
+    assert (result.rows_total, result.rows_imported) == (3, 2)
+    assert [(error.line, "longer than 64 KB" in error.message) for error in result.errors] == [
+        (3, True)
+    ]
+    assert set(Customer.objects.values_list("external_id", flat=True)) == {"cus_1", "cus_4"}
+
+
+def test_a_binary_file_is_refused_with_the_uploads_message(admin_role_user: User) -> None:
+    result = _import(admin_role_user, b"id,name\ncus_1,\x00\x01\x02\n")
+    assert "line 2 contains binary data" in result.file_error and result.rows_imported == 0
     assert not Customer.objects.exists()
