@@ -370,17 +370,29 @@ def _add_sql(
 ) -> None:
     """PostgreSQL: aggregate ``table``'s counted rows per (meter, customer, window) in the
     database (a year of hours is 8,760 rollup rows per meter and customer) and add them."""
+    meters_sql, meters_param = _one_of_sql("meter_id", read.meter_ids)
+    customers_sql, customers_param = _one_of_sql("customer_id", read.customer_ids)
+    # A constant window (NONE) needs no grouping; the others group by their date_trunc.
+    group_by = "1, 2" if read.grouping == Grouping.NONE else "1, 2, 3"
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT meter_id, customer_id, {window_sql(read.grouping, time)}, {total}, "
-            f"{events}, {last} FROM {table} WHERE meter_id = ANY(%s) AND customer_id = ANY(%s) "
-            f"AND {time} >= %s AND {time} < %s AND {counted} GROUP BY 1, 2, 3",
-            [read.meter_ids, read.customer_ids, start, end],
+            f"{events}, {last} FROM {table} WHERE {meters_sql} AND {customers_sql} "
+            f"AND {time} >= %s AND {time} < %s AND {counted} GROUP BY {group_by}",
+            [meters_param, customers_param, start, end],
         )
         for meter_id, customer_id, window, row_total, row_events, *last_columns in cursor:
             usage[(meter_id, customer_id, window or read.range_start)].add(
                 row_total, int(row_events), *last_columns
             )
+
+
+def _one_of_sql(column: str, ids: list[int]) -> tuple[str, int | list[int]]:
+    """``column`` in ``ids``: a plain equality for one id (one meter's or one customer's
+    reads, the common case, keep the simplest plan), ``= ANY`` otherwise."""
+    if len(ids) == 1:
+        return f"{column} = %s", ids[0]
+    return f"{column} = ANY(%s)", ids
 
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
