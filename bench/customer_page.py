@@ -66,7 +66,8 @@ def load(events: int) -> None:
         cursor.execute(
             "TRUNCATE meters_usagerollup, meters_meterevent, meters_eventrejection, "
             "meters_usagealerttrigger, meters_usagealert, meters_eventbatch, "
-            "meters_meterdailyrollup, meters_meterusagetotal, meters_staleusageday CASCADE"
+            "meters_meterdailyrollup, meters_metermonthlyrollup, meters_meterusagetotal, "
+            "meters_staleusageday CASCADE"
         )
     Meter.objects.filter(event_name__startswith="bench_").delete()
     Customer.objects.filter(external_id__startswith="bench_cus_").delete()
@@ -143,11 +144,10 @@ def build_daily(meters) -> None:  # type: ignore[no-untyped-def]
     it: every day stale), then refresh one day of every meter, and check them."""
     import datetime as dt
 
-    from meters.views.usage import preset_range
-
     from usage.rollups import usage_days_mark_all_stale, usage_days_mark_stale
     from usage.rollups import usage_days_refresh as refresh
     from usage.selectors import meter_top_customers, meter_usage_over_time
+    from usage.views import preset_range
 
     started = time.perf_counter()
     marked = usage_days_mark_all_stale(meter_ids=[m.pk for m in meters])
@@ -259,7 +259,8 @@ def main() -> None:
     client.force_login(user)
     htmx = {"HX-Request": "true"}
     from django.utils import timezone
-    from meters.views.usage import explain_url, preset_range
+
+    from usage.views import explain_url, preset_range
 
     last_90 = preset_range("90d", timezone.now())
     meter = meters[0]

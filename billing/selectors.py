@@ -1,6 +1,6 @@
 """Reads for billing: usage quantities, invoice lines as they stand, estimates, credits.
 
-Usage comes only from ``meters.selectors.meter_event_summaries`` (the one place usage is
+Usage comes only from ``usage.summaries.meter_usage_aggregate`` (the one place usage is
 computed); this module prices it with ``billing.pricing`` and applies credit grants in
 Stripe's order (reference section 8.3).
 """

@@ -43,8 +43,9 @@ fills them. ``bench/customer_page.py`` times a full rebuild of 10M events' rollu
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -52,6 +53,7 @@ from django.db import connection, transaction
 
 from events.models import UsageRollup
 from usage.models import MeterDailyRollup, MeterMonthlyRollup, MeterUsageTotal, StaleUsageDay
+from usage.summaries import UsageAccumulator, last_by_time_sql
 
 # pg_advisory_xact_lock key of the refresh ("mtrday" in ASCII): refreshes run one at a time.
 _REFRESH_LOCK = 0x6D7472646179
@@ -148,7 +150,8 @@ def _take_stale(chunk: int) -> list[tuple[int, dt.date]]:
     return sorted({(meter_id, day) for _, meter_id, day in rows})
 
 
-_LAST = "ORDER BY r.last_timestamp DESC, r.last_event_id DESC"
+def _last_sql(column: str) -> str:
+    return last_by_time_sql(column, table="r")
 
 
 def _recompute_postgres(keys: list[tuple[int, dt.date]]) -> None:
@@ -173,8 +176,8 @@ def _recompute_postgres(keys: list[tuple[int, dt.date]]) -> None:
             "INSERT INTO meters_meterdailyrollup (meter_id, day, customer_id, value_sum, "
             "event_count, last_value, last_timestamp, last_event_id) "
             "SELECT k.meter_id, k.day, r.customer_id, sum(r.value_sum), sum(r.event_count), "
-            f"(array_agg(r.last_value {_LAST}))[1], (array_agg(r.last_timestamp {_LAST}))[1], "
-            f"(array_agg(r.last_event_id {_LAST}))[1] "
+            f"{_last_sql('last_value')}, {_last_sql('last_timestamp')}, "
+            f"{_last_sql('last_event_id')} "
             "FROM usage_refresh_keys k JOIN meters_usagerollup r ON r.meter_id = k.meter_id "
             "AND r.hour >= k.rstart AND r.hour < k.rend WHERE r.event_count > 0 "
             "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
@@ -212,8 +215,8 @@ def _recompute_postgres(keys: list[tuple[int, dt.date]]) -> None:
             "INSERT INTO meters_metermonthlyrollup (meter_id, month, customer_id, value_sum, "
             "event_count, last_value, last_timestamp, last_event_id) "
             "SELECT k.meter_id, k.month, r.customer_id, sum(r.value_sum), sum(r.event_count), "
-            f"(array_agg(r.last_value {_LAST}))[1], (array_agg(r.last_timestamp {_LAST}))[1], "
-            f"(array_agg(r.last_event_id {_LAST}))[1] "
+            f"{_last_sql('last_value')}, {_last_sql('last_timestamp')}, "
+            f"{_last_sql('last_event_id')} "
             "FROM usage_refresh_months k JOIN meters_meterdailyrollup r "
             "ON r.meter_id = k.meter_id AND r.day >= k.month AND r.day < k.month_end "
             "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
@@ -236,47 +239,36 @@ def _recompute_plain(keys: list[tuple[int, dt.date]]) -> None:
         _recompute_plain_month(meter_id, month)
 
 
-@dataclass(slots=True)
-class _Combined:
-    """A customer's rollup rows combined: sum, count and the last event by (time, id)."""
-
-    value_sum: Decimal
-    event_count: int
-    last_value: Decimal
-    last_timestamp: dt.datetime
-    last_event_id: int
-
-    def add(self, other: _Combined) -> None:
-        self.value_sum += other.value_sum
-        self.event_count += other.event_count
-        if (other.last_timestamp, other.last_event_id) > (
-            self.last_timestamp,
-            self.last_event_id,
-        ):
-            self.last_value = other.last_value
-            self.last_timestamp = other.last_timestamp
-            self.last_event_id = other.last_event_id
-
-
+# In ``UsageAccumulator.add``'s order.
 _ROW_FIELDS = (
     "customer_id",
     "value_sum",
     "event_count",
-    "last_value",
     "last_timestamp",
     "last_event_id",
+    "last_value",
 )
 
 
-def _combine_rows(rows: Iterable[tuple[Any, ...]]) -> dict[int, _Combined]:
-    combined: dict[int, _Combined] = {}
+def _combine_rows(rows: Iterable[tuple[Any, ...]]) -> dict[int, UsageAccumulator]:
+    """{customer id: its rollup rows combined: sum, count and the last event}."""
+    combined: dict[int, UsageAccumulator] = defaultdict(UsageAccumulator)
     for customer_id, *fields in rows:
-        row = _Combined(*fields)
-        if customer_id in combined:
-            combined[customer_id].add(row)
-        else:
-            combined[customer_id] = row
-    return combined
+        combined[customer_id].add(*fields)
+    return dict(combined)
+
+
+def _rollup_fields(combined: UsageAccumulator) -> dict[str, Any]:
+    """A daily or monthly row's columns from its rows combined (never empty)."""
+    assert combined.last_key is not None  # rows come from non-empty rollups only
+    last_timestamp, last_event_id = combined.last_key
+    return {
+        "value_sum": combined.total,
+        "event_count": combined.events,
+        "last_value": combined.last_value,
+        "last_timestamp": last_timestamp,
+        "last_event_id": last_event_id,
+    }
 
 
 def _recompute_plain_month(meter_id: int, month: dt.date) -> None:
@@ -289,11 +281,28 @@ def _recompute_plain_month(meter_id: int, month: dt.date) -> None:
     MeterMonthlyRollup.objects.filter(meter_id=meter_id, month=first).delete()
     MeterMonthlyRollup.objects.bulk_create(
         [
-            MeterMonthlyRollup(meter_id=meter_id, month=first, customer_id=customer_id, **asdict(c))
+            MeterMonthlyRollup(
+                meter_id=meter_id, month=first, customer_id=customer_id, **_rollup_fields(c)
+            )
             for customer_id, c in sorted(per_customer.items())
         ],
         batch_size=500,
     )
+
+
+@dataclass(slots=True)
+class _MeterTotal:
+    """A meter's usage across customers in an hour or day: for "last", the sum of each
+    customer's last value (``MeterUsageTotal.last_sum``)."""
+
+    value_sum: Decimal = Decimal(0)
+    event_count: int = 0
+    last_sum: Decimal = Decimal(0)
+
+    def add(self, total: Decimal, events: int, last_value: Decimal) -> None:
+        self.value_sum += total
+        self.event_count += events
+        self.last_sum += last_value
 
 
 def _recompute_plain_day(meter_id: int, day: dt.date) -> None:
@@ -302,22 +311,18 @@ def _recompute_plain_day(meter_id: int, day: dt.date) -> None:
         meter_id=meter_id, hour__gte=start, hour__lt=start + _DAY, event_count__gt=0
     )
     per_customer = _combine_rows(rollups.values_list(*_ROW_FIELDS))
-    per_hour: dict[dt.datetime, _Combined] = {}
+    per_hour: dict[dt.datetime, _MeterTotal] = defaultdict(_MeterTotal)
     for hour, total, events, last_value in rollups.values_list(
         "hour", "value_sum", "event_count", "last_value"
     ):
         assert last_value is not None  # every non-empty rollup has a last event
-        if hour in per_hour:
-            per_hour[hour].value_sum += total
-            per_hour[hour].event_count += events
-            per_hour[hour].last_value += last_value
-        else:
-            # For totals, "last" is the sum of the customers' last values: kept in last_value.
-            per_hour[hour] = _Combined(total, events, last_value, hour, 0)
+        per_hour[hour].add(total, events, last_value)
     MeterDailyRollup.objects.filter(meter_id=meter_id, day=day).delete()
     MeterDailyRollup.objects.bulk_create(
         [
-            MeterDailyRollup(meter_id=meter_id, day=day, customer_id=customer_id, **asdict(c))
+            MeterDailyRollup(
+                meter_id=meter_id, day=day, customer_id=customer_id, **_rollup_fields(c)
+            )
             for customer_id, c in sorted(per_customer.items())
         ],
         batch_size=500,
@@ -332,20 +337,23 @@ def _recompute_plain_day(meter_id: int, day: dt.date) -> None:
             start=hour,
             value_sum=row.value_sum,
             event_count=row.event_count,
-            last_sum=row.last_value,
+            last_sum=row.last_sum,
         )
         for hour, row in sorted(per_hour.items())
     ]
     if per_customer:
-        rows = per_customer.values()
+        day_total = _MeterTotal()
+        for row in per_customer.values():
+            assert row.last_value is not None
+            day_total.add(row.total, row.events, row.last_value)
         totals.append(
             MeterUsageTotal(
                 meter_id=meter_id,
                 grain=MeterUsageTotal.Grain.DAY,
                 start=start,
-                value_sum=sum((row.value_sum for row in rows), Decimal(0)),
-                event_count=sum(row.event_count for row in rows),
-                last_sum=sum((row.last_value for row in rows), Decimal(0)),
+                value_sum=day_total.value_sum,
+                event_count=day_total.event_count,
+                last_sum=day_total.last_sum,
             )
         )
     MeterUsageTotal.objects.bulk_create(totals, batch_size=500)

@@ -25,16 +25,22 @@ from usage.summaries import (
     HOUR,
     Grouping,
     UsageAccumulator,
+    formula_value,
+    last_by_time_sql,
+    usage_by_meter_and_customer,
     usage_range_validate,
     window_of,
+    window_sql,
     window_starts_of,
 )
 
-# These read the hourly rollups only, so their ranges are whole UTC hours (the pages use whole
-# UTC days). They group with the same ``UsageAccumulator`` as ``meter_event_summaries``
-# (usage/summaries.py), so a figure here equals Stripe's summary for the same range;
-# tests/usage/test_selectors.py checks both against raw events. Cancelled and superseded
-# events are never in a rollup.
+# A customer's usage (``customer_usage_by_meter`` for the pages, ``customers_month_usage`` for
+# alerts) is read by ``usage.summaries.usage_by_meter_and_customer``, the same read as Stripe's
+# summaries and billing, so a figure here equals Stripe's summary for the same range. The
+# pages' ranges are whole UTC hours (they use whole UTC days), so they read only rollups.
+# Meter-wide reads (overview, top customers) combine rollups of any grain with the same
+# ``UsageAccumulator`` and ``last_by_time_sql``. tests/usage/test_selectors.py checks them
+# against raw events. Cancelled and superseded events are never in a rollup.
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,74 +81,6 @@ def usage_hour_range_validate(*, start: dt.datetime, end: dt.datetime, grouping:
     usage_range_validate(start=start, end=end, grouping=grouping)
 
 
-def _trunc_sql(grouping: str) -> str:
-    # A fixed literal per grouping: never user text in SQL.
-    return (
-        "date_trunc('hour', hour, 'UTC')"
-        if grouping == Grouping.HOUR
-        else ("date_trunc('day', hour, 'UTC')")
-    )
-
-
-_LAST_ORDER = "ORDER BY last_timestamp DESC, last_event_id DESC"
-
-
-def _rollup_windows(
-    *,
-    meter_ids: list[int],
-    customer_id: int | None,
-    start: dt.datetime,
-    end: dt.datetime,
-    grouping: str,
-) -> dict[tuple[int, dt.datetime], UsageAccumulator]:
-    """{(meter id, window start): accumulator} of the non-empty rollups of the range, for one
-    customer (``customer_id``) or every customer (None; then per-customer "last" values are
-    kept apart by the caller -- see ``meter_usage_over_time``)."""
-    buckets: dict[tuple[int, dt.datetime], UsageAccumulator] = defaultdict(UsageAccumulator)
-    if not meter_ids:
-        return buckets
-    if connection.vendor == "postgresql":
-        customer_sql = "AND customer_id = %s" if customer_id is not None else ""
-        params: list[Any] = [meter_ids]
-        if customer_id is not None:
-            params.append(customer_id)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT meter_id, {_trunc_sql(grouping)} AS w, sum(value_sum), "
-                f"sum(event_count), (array_agg(last_timestamp {_LAST_ORDER}))[1], "
-                f"(array_agg(last_event_id {_LAST_ORDER}))[1], "
-                f"(array_agg(last_value {_LAST_ORDER}))[1] "
-                f"FROM meters_usagerollup WHERE meter_id = ANY(%s) {customer_sql} "
-                "AND hour >= %s AND hour < %s AND event_count > 0 GROUP BY 1, 2",
-                [*params, start, end],
-            )
-            for meter_id, window, total, events, last_ts, last_id, last_value in cursor:
-                buckets[(meter_id, window)].add(total, int(events), last_ts, last_id, last_value)
-        return buckets
-    rollups = UsageRollup.objects.filter(
-        meter_id__in=meter_ids, hour__gte=start, hour__lt=end, event_count__gt=0
-    )
-    if customer_id is not None:
-        rollups = rollups.filter(customer_id=customer_id)
-    for meter_id, hour, total, events, last_ts, last_id, last_value in rollups.values_list(
-        "meter_id",
-        "hour",
-        "value_sum",
-        "event_count",
-        "last_timestamp",
-        "last_event_id",
-        "last_value",
-    ).iterator(chunk_size=2000):
-        buckets[(meter_id, window_of(hour, start, grouping))].add(
-            total, events, last_ts, last_id, last_value
-        )
-    return buckets
-
-
-def _bucket_starts(start: dt.datetime, end: dt.datetime, grouping: str) -> list[dt.datetime]:
-    return window_starts_of(start, end, grouping)
-
-
 def _step(grouping: str) -> dt.timedelta:
     return HOUR if grouping == Grouping.HOUR else DAY
 
@@ -158,20 +96,20 @@ def customer_usage_by_meter(
     """The customer's usage per meter over [start, end), grouped by hour or day, for the
     meters with counted events in the range (or just ``meter``, even when empty), by name.
 
-    One query: the unique rollup index (meter, customer, hour) serves
-    ``meter_id = ANY(...) AND customer_id = ...`` with one index range per meter.
+    Read by ``usage_by_meter_and_customer`` in one query (whole hours: rollups only); the
+    total is its buckets combined by the same accumulator.
     """
     usage_hour_range_validate(start=start, end=end, grouping=grouping)
     start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
     meters = [meter] if meter is not None else list(Meter.objects.order_by("display_name", "pk"))
-    windows = _rollup_windows(
+    windows = usage_by_meter_and_customer(
         meter_ids=[m.pk for m in meters],
-        customer_id=customer.pk,
+        customer_ids=[customer.pk],
         start=start,
         end=end,
         grouping=grouping,
     )
-    used = {meter_id for meter_id, _ in windows}
+    used = {meter_id for meter_id, _, _ in windows}
     step = _step(grouping)
     result = []
     for each in meters:
@@ -180,10 +118,9 @@ def customer_usage_by_meter(
         formula = each.aggregation_formula
         overall = UsageAccumulator()
         buckets = []
-        for window in _bucket_starts(start, end, grouping):
-            acc = windows.get((each.pk, window)) or UsageAccumulator()
-            last_timestamp, last_id = acc.last_key or (None, None)
-            overall.add(acc.total, acc.events, last_timestamp, last_id, acc.last_value)
+        for window in window_starts_of(start, end, grouping):
+            acc = windows.get((each.pk, customer.pk, window)) or UsageAccumulator()
+            overall.merge(acc)
             buckets.append(
                 UsageBucket(
                     start=window,
@@ -200,7 +137,7 @@ def customer_usage_by_meter(
                 grouping=grouping,
                 total=overall.value(formula),
                 event_count=overall.events,
-                last_event_at=overall.last_key[0] if overall.last_key else None,
+                last_event_at=overall.last_event_at,
                 buckets=buckets,
             )
         )
@@ -360,7 +297,8 @@ def meter_usage_over_time(
             for window, total, events, last_sum in totals.filter(condition).values_list(
                 "start", "value_sum", "event_count", "last_sum"
             ):
-                windows[window] = (_overview_value(formula, total, events, last_sum), events)
+                value = formula_value(formula, total=total, events=events, last=last_sum)
+                windows[window] = (value, events)
         if hourly:
             windows.update(_over_time_from_hourly(meter, hourly, grouping))
     step = _step(grouping)
@@ -371,16 +309,8 @@ def meter_usage_over_time(
             value=windows.get(window, (Decimal(0), 0))[0],
             event_count=windows.get(window, (Decimal(0), 0))[1],
         )
-        for window in _bucket_starts(start, end, grouping)
+        for window in window_starts_of(start, end, grouping)
     ]
-
-
-def _overview_value(formula: str, total: Decimal, events: int, last_sum: Decimal) -> Decimal:
-    if formula == Meter.Formula.COUNT:
-        return Decimal(events)
-    if formula == Meter.Formula.LAST:
-        return Decimal(last_sum)
-    return Decimal(total)
 
 
 def _over_time_from_hourly(
@@ -395,20 +325,21 @@ def _over_time_from_hourly(
         if formula == Meter.Formula.LAST:
             sql = (
                 "SELECT w, sum(v), sum(n) FROM (SELECT customer_id, "
-                f"{_trunc_sql(grouping)} AS w, (array_agg(last_value {_LAST_ORDER}))[1] AS v, "
+                f"{window_sql(grouping, 'hour')} AS w, {last_by_time_sql('last_value')} AS v, "
                 "sum(event_count) AS n FROM meters_usagerollup WHERE meter_id = %s "
                 f"AND {in_ranges} AND event_count > 0 GROUP BY 1, 2) t GROUP BY w"
             )
         else:
             sql = (
-                f"SELECT {_trunc_sql(grouping)} AS w, sum(value_sum), sum(event_count) "
+                f"SELECT {window_sql(grouping, 'hour')} AS w, sum(value_sum), sum(event_count) "
                 f"FROM meters_usagerollup WHERE meter_id = %s AND {in_ranges} "
                 "AND event_count > 0 GROUP BY 1"
             )
         with connection.cursor() as cursor:
             cursor.execute(sql, [meter.pk, *range_params])
-            for window, total, events in cursor:
-                value = total if formula != Meter.Formula.COUNT else Decimal(events)
+            # ``figure``: the sum, or for a "last" meter the sum of the customers' last values.
+            for window, figure, events in cursor:
+                value = formula_value(formula, total=figure, events=int(events), last=figure)
                 result[window] = (value, int(events))
         return result
     per_customer: dict[tuple[int, dt.datetime], UsageAccumulator] = defaultdict(UsageAccumulator)
@@ -461,7 +392,7 @@ def meter_top_customers(
             value_sql = {
                 Meter.Formula.SUM: "sum(value_sum)",
                 Meter.Formula.COUNT: "sum(event_count)::numeric",
-                Meter.Formula.LAST: f"(array_agg(last_value {_LAST_ORDER}))[1]",
+                Meter.Formula.LAST: last_by_time_sql("last_value"),
             }[Meter.Formula(formula)]
             columns = (
                 "customer_id, value_sum, event_count, last_value, last_timestamp, last_event_id"
@@ -561,53 +492,15 @@ def customers_month_usage(
     """{customer id: the meter's aggregate for the customer over the calendar month (UTC) of
     ``now``} -- what usage alerts compare with their threshold. Customers without usage: 0."""
     month_start, month_end = calendar_month(now)
-    windows_by_customer: dict[int, UsageAccumulator] = defaultdict(UsageAccumulator)
-    ids = sorted(set(customer_ids))
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT customer_id, sum(value_sum), sum(event_count), "
-                f"(array_agg(last_timestamp {_LAST_ORDER}))[1], "
-                f"(array_agg(last_event_id {_LAST_ORDER}))[1], "
-                f"(array_agg(last_value {_LAST_ORDER}))[1] FROM meters_usagerollup "
-                "WHERE meter_id = %s AND customer_id = ANY(%s) AND hour >= %s AND hour < %s "
-                "AND event_count > 0 GROUP BY customer_id",
-                [meter.pk, ids, month_start, month_end],
-            )
-            for customer_id, total, events, last_ts, last_id, last_value in cursor:
-                windows_by_customer[customer_id].add(
-                    total, int(events), last_ts, last_id, last_value
-                )
-    else:
-        for start in range(0, len(ids), 500):
-            for (
-                customer_id,
-                total,
-                events,
-                last_ts,
-                last_id,
-                last_value,
-            ) in UsageRollup.objects.filter(
-                meter=meter,
-                customer_id__in=ids[start : start + 500],
-                hour__gte=month_start,
-                hour__lt=month_end,
-                event_count__gt=0,
-            ).values_list(
-                "customer_id",
-                "value_sum",
-                "event_count",
-                "last_timestamp",
-                "last_event_id",
-                "last_value",
-            ):
-                windows_by_customer[customer_id].add(total, events, last_ts, last_id, last_value)
+    usage = usage_by_meter_and_customer(
+        meter_ids=[meter.pk], customer_ids=customer_ids, start=month_start, end=month_end
+    )
     formula = meter.aggregation_formula
     return {
-        customer_id: windows_by_customer[customer_id].value(formula)
-        if customer_id in windows_by_customer
-        else Decimal(0)
-        for customer_id in ids
+        customer_id: usage.get((meter.pk, customer_id, month_start), UsageAccumulator()).value(
+            formula
+        )
+        for customer_id in sorted(set(customer_ids))
     }
 
 

@@ -22,7 +22,14 @@ from events.ingestion import (
 from events.models import EventBatch, MeterEvent
 from meters.models import Meter
 from tests.factories import CustomerFactory, MeterFactory, UserFactory
-from usage.summaries import Grouping, UsageSummary, meter_event_summaries, meter_usage_aggregate
+from usage.selectors import customer_usage_by_meter, customers_month_usage
+from usage.summaries import (
+    Grouping,
+    UsageSummary,
+    meter_event_summaries,
+    meter_usage_aggregate,
+    usage_by_meter_and_customer,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -101,6 +108,64 @@ def test_aggregate_helper_over_a_range():
         meter=meter, customer=customer, start=BASE, end=BASE + timedelta(hours=4)
     )
     assert (summary.aggregated_value, summary.event_count) == (Decimal(4), 4)
+
+
+def test_last_breaks_a_tie_in_time_by_the_later_stored_event():
+    meter = MeterFactory(aggregation_formula=Meter.Formula.LAST)
+    customer = CustomerFactory()
+    at = BASE + timedelta(hours=2, minutes=40)
+    send(meter, customer, [(at, 5)])
+    send(meter, customer, [(at, 3)])  # the same time, stored later: the last one
+    send(meter, customer, [(at - timedelta(minutes=1), 9)])
+    # The partial hour from raw events, the whole hour from its rollup, and both from events.
+    for start, end, from_events in (
+        (BASE + timedelta(hours=2, minutes=30), BASE + timedelta(hours=2, minutes=50), False),
+        (BASE, BASE + timedelta(days=1), False),
+        (BASE, BASE + timedelta(days=1), True),
+    ):
+        (summary,) = meter_event_summaries(
+            meter=meter, customer=customer, start=start, end=end, from_events=from_events
+        )
+        assert (summary.aggregated_value, summary.event_count) == (Decimal(3), 3)
+
+
+def test_an_hour_whose_events_are_all_cancelled_never_holds_the_last_value():
+    """Its rollup stays with 0 events and no last event; every reader of a customer's usage
+    (Stripe's summary and billing, the customer page, alerts) skips it alike."""
+    meter = MeterFactory(aggregation_formula=Meter.Formula.LAST)
+    customer = CustomerFactory()
+    send(meter, customer, [(BASE + timedelta(hours=1, minutes=5), 5)])
+    send(
+        meter, customer, [(BASE + timedelta(hours=7), 8), (BASE + timedelta(hours=7, minutes=9), 7)]
+    )
+    user = UserFactory(username="canceller")
+    for event in MeterEvent.objects.filter(meter=meter, timestamp__gte=BASE + timedelta(hours=7)):
+        meter_event_cancel(event=event, user=user)
+    month_end = datetime(2026, 4, 1, tzinfo=UTC)
+    summary = meter_usage_aggregate(meter=meter, customer=customer, start=BASE, end=month_end)
+    (usage,) = customer_usage_by_meter(
+        customer=customer, start=BASE, end=month_end, grouping=Grouping.DAY, meter=meter
+    )
+    month = customers_month_usage(meter=meter, customer_ids=[customer.pk], now=NOW)
+    assert (summary.aggregated_value, summary.event_count) == (Decimal(5), 1)
+    assert (usage.total, usage.event_count) == (Decimal(5), 1)
+    assert usage.last_event_at == BASE + timedelta(hours=1, minutes=5)
+    assert month == {customer.pk: Decimal(5)}
+
+
+def test_month_usage_of_many_customers_is_zero_for_those_without_usage():
+    """More customers than one SQLite query may bind; ids without usage read as 0."""
+    meter = MeterFactory(aggregation_formula=Meter.Formula.COUNT)
+    customers = [CustomerFactory(), CustomerFactory()]
+    for number, customer in enumerate(customers, start=1):
+        send(meter, customer, [(BASE + timedelta(hours=h), 1) for h in range(number)])
+    idle = list(range(10**9, 10**9 + 1200))
+    usage = customers_month_usage(
+        meter=meter, customer_ids=[*idle, customers[1].pk, customers[0].pk], now=NOW
+    )
+    assert len(usage) == 1202
+    assert (usage[customers[0].pk], usage[customers[1].pk]) == (Decimal(1), Decimal(2))
+    assert set(usage.values()) == {Decimal(0), Decimal(1), Decimal(2)}
 
 
 @pytest.mark.parametrize(
@@ -249,6 +314,69 @@ def test_summaries_match_brute_force(formula, window, items, cancel_picks, cance
                 assert [
                     (s.start, s.end, s.aggregated_value, s.event_count) for s in got
                 ] == expected
+            raise Rollback
+    except Rollback:
+        pass
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    items=st.lists(
+        st.tuples(st.integers(0, SPAN_SECONDS - 1), values, st.integers(0, 2), st.integers(0, 1)),
+        max_size=30,
+    ),
+    cancel_picks=st.lists(st.integers(0, 29), max_size=4),
+    query=ranges(),
+)
+def test_one_read_for_many_meters_and_customers_matches_each_alone(items, cancel_picks, query):
+    """``usage_by_meter_and_customer`` over several meters and customers at once gives each
+    (meter, customer) its brute-force figure, and nothing for keys without counted events."""
+    try:
+        with transaction.atomic():
+            user = UserFactory(username="canceller")
+            meters = [
+                MeterFactory(aggregation_formula=formula) for formula in ("sum", "count", "last")
+            ]
+            customers = [CustomerFactory(), CustomerFactory()]
+            for meter_index, meter in enumerate(meters):
+                for customer_index, customer in enumerate(customers):
+                    chosen = [
+                        (BASE + timedelta(seconds=s), v)
+                        for s, v, m, c in items
+                        if (m, c) == (meter_index, customer_index)
+                    ]
+                    if chosen:
+                        send(meter, customer, chosen)
+            stored = list(MeterEvent.objects.order_by("id"))
+            for pick in cancel_picks:
+                if pick < len(stored) and stored[pick].cancelled_at is None:
+                    meter_event_cancel(event=stored[pick], user=user)
+            start, end, grouping = query
+            for from_events in (False, True):
+                got = usage_by_meter_and_customer(
+                    meter_ids=[m.pk for m in meters],
+                    customer_ids=[c.pk for c in customers],
+                    start=start,
+                    end=end,
+                    grouping=grouping,
+                    from_events=from_events,
+                )
+                expected = {}
+                for meter in meters:
+                    for customer in customers:
+                        for window_start, _, value, count in brute_force(
+                            meter, customer, start, end, grouping
+                        ):
+                            if count:
+                                expected[(meter.pk, customer.pk, window_start)] = (value, count)
+                formulas = {m.pk: m.aggregation_formula for m in meters}
+                assert {
+                    key: (acc.value(formulas[key[0]]), acc.events) for key, acc in got.items()
+                } == expected
             raise Rollback
     except Rollback:
         pass
