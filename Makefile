@@ -47,6 +47,7 @@ test-embedded: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
 	$(BIN)/lint-imports --no-logo
 
 format: install
