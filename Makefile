@@ -47,6 +47,8 @@ test-embedded: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	$(BIN)/lint-imports --no-logo
 
 format: install
 	$(BIN)/ruff format .

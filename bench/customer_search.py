@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -28,6 +29,9 @@ django.setup()
 
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
+
+if TYPE_CHECKING:
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgreSQLWrapper
 
 from customers.models import Customer  # noqa: E402
 from customers.selectors import customer_list  # noqa: E402
@@ -74,7 +78,8 @@ def main() -> None:
         sys.exit("Use a dedicated PostgreSQL database whose name contains 'bench'.")
     call_command("migrate", verbosity=0)
     top_up(args.customers)
-    print(f"{Customer.objects.count():,} customers, PostgreSQL {connection.pg_version}")
+    pg_version = cast("PostgreSQLWrapper", connection).pg_version  # the vendor check above
+    print(f"{Customer.objects.count():,} customers, PostgreSQL {pg_version}")
     print(f"{'search':<16} {'query':<18} {'hits':>5} {'p50 ms':>8} {'p95 ms':>8}")
     for label, query in SEARCHES:
         timings = []

@@ -25,7 +25,11 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from events.ingestion import EventInput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -238,7 +242,7 @@ def _bench_user():  # type: ignore[no-untyped-def]
     return user
 
 
-def _replay(size: int) -> list[object]:
+def _replay(size: int) -> list[EventInput]:
     """The first ``size`` events of the run again: identical content, so all duplicates."""
     from events.ingestion import EventInput
     from events.models import MeterEvent

@@ -186,14 +186,18 @@ def load() -> Subscription:
         cursor.execute("ANALYZE meters_usagerollup")
     print(f"Loaded in {time.perf_counter() - started:.0f} s.", flush=True)
 
-    per_unit = {
-        "actor": None,
-        "currency": "usd",
-        "usage_type": Price.UsageType.METERED,
-        "pricing_model": "per_unit",
-    }
+    def per_unit(meter: Meter, unit_amount_decimal: Decimal) -> Price:
+        return services.price_create(
+            actor=None,
+            currency="usd",
+            usage_type=Price.UsageType.METERED,
+            pricing_model="per_unit",
+            meter=meter,
+            unit_amount_decimal=unit_amount_decimal,
+        )
+
     prices = [
-        services.price_create(**per_unit, meter=meters[0], unit_amount_decimal=Decimal("0.1")),
+        per_unit(meters[0], Decimal("0.1")),
         services.price_create(
             actor=None,
             currency="usd",
@@ -223,7 +227,7 @@ def load() -> Subscription:
             meter=meters[3],
             tiers=[Tier(10_000, Decimal(2)), Tier(100_000, Decimal(1)), Tier(None, Decimal("0.5"))],
         ),
-        services.price_create(**per_unit, meter=meters[4], unit_amount_decimal=Decimal(1500)),
+        per_unit(meters[4], Decimal(1500)),
     ]
     subscription = services.subscription_create(
         actor=None,

@@ -23,17 +23,17 @@ PASSWORD = "portal-test-password"
 
 @pytest.fixture
 def support_user(db: None) -> User:
-    return UserFactory(username="sam-support", role=Role.SUPPORT)
+    return UserFactory.create(username="sam-support", role=Role.SUPPORT)
 
 
 @pytest.fixture
 def finance_user(db: None) -> User:
-    return UserFactory(username="fay-finance", role=Role.FINANCE)
+    return UserFactory.create(username="fay-finance", role=Role.FINANCE)
 
 
 @pytest.fixture
 def admin_role_user(db: None) -> User:
-    return UserFactory(username="ada-admin", role=Role.ADMIN)
+    return UserFactory.create(username="ada-admin", role=Role.ADMIN)
 
 
 def _client_for(user: User) -> Client:

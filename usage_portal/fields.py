@@ -46,5 +46,5 @@ class ExactDecimalField(models.Field):  # type: ignore[type-arg]
             return None
         return value if connection.vendor == "postgresql" else str(value)
 
-    def formfield(self, **kwargs: Any) -> forms.Field:  # type: ignore[override]
+    def formfield(self, **kwargs: Any) -> forms.Field | None:
         return super().formfield(**{"form_class": forms.DecimalField, **kwargs})

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
@@ -32,19 +32,23 @@ ROLE_RANKS = {Role.SUPPORT: 1, Role.FINANCE: 2, Role.ADMIN: 3}
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
 
 
+# The user's role, cached on the user object for the rest of its request.
+_ROLE_CACHE = "_usage_portal_role"
+
+
 def user_role(user: AbstractBaseUser | AnonymousUser) -> Role | None:
     """The highest role the user holds, or None."""
-    if not user.is_authenticated or not user.is_active:
+    # Groups and is_superuser come with PermissionsMixin (auth.User); AnonymousUser lacks it.
+    if not isinstance(user, PermissionsMixin) or not user.is_authenticated or not user.is_active:
         return None
-    if getattr(user, "is_superuser", False):
+    if user.is_superuser:
         return Role.ADMIN
-    cached = getattr(user, "_usage_portal_role", False)
-    if cached is not False:
-        return cached  # type: ignore[no-any-return]
-    names = set(user.groups.values_list("name", flat=True))  # type: ignore[union-attr]
+    if hasattr(user, _ROLE_CACHE):
+        return cast("Role | None", getattr(user, _ROLE_CACHE))
+    names = set(user.groups.values_list("name", flat=True))
     held = [role for role in Role if role.value in names]
     role = max(held, key=lambda r: r.rank) if held else None
-    user._usage_portal_role = role  # type: ignore[union-attr]
+    setattr(user, _ROLE_CACHE, role)
     return role
 
 

@@ -98,7 +98,7 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             # USAGE_PORTAL_SQLITE_NAME points a process (a test's Celery worker) at another file.
-            "NAME": Path(os.environ.get("USAGE_PORTAL_SQLITE_NAME", VAR_DIR / "db.sqlite3")),
+            "NAME": os.environ.get("USAGE_PORTAL_SQLITE_NAME", str(VAR_DIR / "db.sqlite3")),
             # A file, not memory, so that a Celery worker started by the tests shares it.
             "TEST": {"NAME": VAR_DIR / "test-db.sqlite3"},
             "OPTIONS": {

@@ -14,7 +14,7 @@ from tests.factories import CustomerFactory, MeterFactory
 
 
 def build_price(world: Any = None) -> Price:
-    meter = world.get("meter") if world is not None else MeterFactory()
+    meter = world.get("meter") if world is not None else MeterFactory.create()
     return services.price_create(
         actor=None,
         currency="usd",
@@ -26,7 +26,7 @@ def build_price(world: Any = None) -> Price:
 
 
 def build_subscription(world: Any = None) -> Subscription:
-    customer = world.get("customer") if world is not None else CustomerFactory()
+    customer = world.get("customer") if world is not None else CustomerFactory.create()
     price = world.get("price") if world is not None else build_price()
     return services.subscription_create(
         actor=None,
@@ -50,7 +50,7 @@ def build_invoice(world: Any = None) -> Invoice:
 
 
 def build_grant(world: Any = None) -> CreditGrant:
-    customer = world.get("customer") if world is not None else CustomerFactory()
+    customer = world.get("customer") if world is not None else CustomerFactory.create()
     return services.credit_grant_create(
         actor=None, customer=customer, amount=1000, currency="usd", now=timezone.now()
     )

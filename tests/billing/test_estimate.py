@@ -23,8 +23,10 @@ D = Decimal
 SIMPLE_TIERS = [Tier(5, D(700)), Tier(10, D(650)), Tier(None, D(600))]
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def metered(meter: Meter, model: str, **kwargs: object) -> Price:
@@ -51,12 +53,12 @@ def subscribe(customer: Customer, *prices: Price, **kwargs: object) -> Subscript
 
 @pytest.fixture
 def meter() -> Meter:
-    return MeterFactory(aggregation_formula=Meter.Formula.SUM)
+    return MeterFactory.create(aggregation_formula=Meter.Formula.SUM)
 
 
 @pytest.fixture
 def customer() -> Customer:
-    return CustomerFactory()
+    return CustomerFactory.create()
 
 
 @time_machine.travel(utc(2025, 3, 16, 12), tick=False)
@@ -98,7 +100,7 @@ def test_zero_usage_bills_the_first_tiers_flat_amount(meter: Meter, customer: Cu
 
 @time_machine.travel(utc(2025, 3, 16, 12), tick=False)
 def test_negative_usage_bills_as_zero_and_package_rounds_up(customer: Customer) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     price = metered(meter, Price.Model.PACKAGE, unit_amount_decimal=D(1000), package_size=60)
     subscription = subscribe(customer, price)
     record_usage(meter, customer, 150, utc(2025, 3, 5))
@@ -114,8 +116,8 @@ def test_negative_usage_bills_as_zero_and_package_rounds_up(customer: Customer) 
 
 @time_machine.travel(utc(2025, 3, 16, 12), tick=False)
 def test_count_and_last_meters_and_a_licensed_fee(customer: Customer) -> None:
-    calls = MeterFactory(aggregation_formula=Meter.Formula.COUNT)
-    seats = MeterFactory(aggregation_formula=Meter.Formula.LAST)
+    calls = MeterFactory.create(aggregation_formula=Meter.Formula.COUNT)
+    seats = MeterFactory.create(aggregation_formula=Meter.Formula.LAST)
     count_price = metered(calls, Price.Model.PER_UNIT, unit_amount_decimal=D("0.1"))
     last_price = metered(seats, Price.Model.PER_UNIT, unit_amount_decimal=D(1500))
     fee = services.price_create(
@@ -143,19 +145,28 @@ def test_count_and_last_meters_and_a_licensed_fee(customer: Customer) -> None:
 @time_machine.travel(utc(2025, 3, 16, 12), tick=False)
 def test_credits_apply_in_stripes_order(meter: Meter, customer: Customer) -> None:
     price = metered(meter, Price.Model.PER_UNIT, unit_amount_decimal=D(100))
-    other_meter_price = metered(MeterFactory(), Price.Model.PER_UNIT, unit_amount_decimal=D(1))
+    other_meter_price = metered(
+        MeterFactory.create(), Price.Model.PER_UNIT, unit_amount_decimal=D(1)
+    )
     subscription = subscribe(customer, price)
     record_usage(meter, customer, 50, utc(2025, 3, 2))  # $50.00
     now = utc(2025, 3, 16, 12)
+    period_start = utc(2025, 3, 1)
 
-    def grant(amount: int, **kwargs: object) -> CreditGrant:
+    def grant(
+        amount: int,
+        *,
+        currency: str = "usd",
+        effective_at: datetime | None = period_start,
+        **kwargs: object,
+    ) -> CreditGrant:
         return services.credit_grant_create(
             actor=None,
             customer=customer,
             amount=amount,
-            currency=str(kwargs.pop("currency", "usd")),
+            currency=currency,
             now=now,
-            effective_at=kwargs.pop("effective_at", utc(2025, 3, 1)),
+            effective_at=effective_at,
             **kwargs,  # type: ignore[arg-type]
         )
 

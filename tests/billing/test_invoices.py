@@ -32,18 +32,20 @@ pytestmark = pytest.mark.django_db
 D = Decimal
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 @pytest.fixture
 def meter() -> Meter:
-    return MeterFactory()
+    return MeterFactory.create()
 
 
 @pytest.fixture
 def customer() -> Customer:
-    return CustomerFactory()
+    return CustomerFactory.create()
 
 
 @pytest.fixture
@@ -194,7 +196,7 @@ def test_backdated_subscription_bills_earlier_usage(meter: Meter, customer: Cust
             billing_cycle_anchor=utc(2025, 3, 1),
             backdate_start_date=utc(2025, 2, 15),
         )
-        other = CustomerFactory()
+        other = CustomerFactory.create()
         record_usage(meter, other, 7, utc(2025, 2, 20))
         services.subscription_create(
             actor=None, customer=other, items=[services.ItemInput(price=price)], interval="month"

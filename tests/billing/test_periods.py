@@ -17,8 +17,10 @@ from billing.periods import (
 )
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_anchor_on_the_31st_bills_on_the_last_day_of_shorter_months_and_comes_back() -> None:

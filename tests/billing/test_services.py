@@ -23,8 +23,10 @@ pytestmark = pytest.mark.django_db
 D = Decimal
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def tiered(meter: Meter, **kwargs: object) -> Price:
@@ -40,7 +42,7 @@ def tiered(meter: Meter, **kwargs: object) -> Price:
 
 
 def test_price_create_stores_tiers_and_audits() -> None:
-    price = tiered(MeterFactory(), nickname="API")
+    price = tiered(MeterFactory.create(), nickname="API")
     price.refresh_from_db()
     assert price.price_id.startswith("price_")
     assert price.tiers[0] == {"up_to": 5, "unit_amount_decimal": "700", "flat_amount_decimal": None}
@@ -50,7 +52,7 @@ def test_price_create_stores_tiers_and_audits() -> None:
 
 
 def test_a_deactivated_meter_cannot_take_a_price() -> None:
-    meter = MeterFactory(status=Meter.Status.INACTIVE, deactivated_at=utc(2025, 1, 1))
+    meter = MeterFactory.create(status=Meter.Status.INACTIVE, deactivated_at=utc(2025, 1, 1))
     with pytest.raises(ValidationError) as info:
         build_price_for(meter)
     assert "deactivated" in str(info.value)
@@ -74,7 +76,7 @@ def test_invalid_tiers_are_refused_by_the_service() -> None:
             currency="usd",
             usage_type=Price.UsageType.METERED,
             pricing_model=Price.Model.VOLUME,
-            meter=MeterFactory(),
+            meter=MeterFactory.create(),
             tiers=[Tier(10, D(1)), Tier(10, D(1)), Tier(None, D(1))],
         )
 
@@ -86,7 +88,7 @@ def test_licensed_prices_are_flat_fees_without_meter() -> None:
             currency="usd",
             usage_type=Price.UsageType.LICENSED,
             pricing_model=Price.Model.PER_UNIT,
-            meter=MeterFactory(),
+            meter=MeterFactory.create(),
             unit_amount_decimal=D(20000),
         )
     price = services.price_create(
@@ -101,14 +103,15 @@ def test_licensed_prices_are_flat_fees_without_meter() -> None:
 
 
 def test_a_change_makes_a_new_price_and_archives_the_old_one() -> None:
-    old = tiered(MeterFactory())
-    new = tiered(old.meter, replaces=old)
+    meter = MeterFactory.create()
+    old = tiered(meter)
+    new = tiered(meter, replaces=old)
     old.refresh_from_db()
     assert not old.active
     assert old.replaced_by == new
     assert new.active
     with pytest.raises(ValidationError, match="newer version"):
-        tiered(old.meter, replaces=old)
+        tiered(meter, replaces=old)
     with pytest.raises(ValidationError, match="replaced"):
         services.price_unarchive(price=old, actor=None)
 
@@ -120,10 +123,10 @@ def test_subscription_refuses_mixed_currencies_and_archived_prices() -> None:
         currency="eur",
         usage_type=Price.UsageType.METERED,
         pricing_model=Price.Model.PER_UNIT,
-        meter=MeterFactory(),
+        meter=MeterFactory.create(),
         unit_amount_decimal=D(1),
     )
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
     with pytest.raises(ValidationError, match="one currency"):
         services.subscription_create(
             actor=None,
@@ -142,7 +145,7 @@ def test_subscription_interval_at_most_three_years() -> None:
     with pytest.raises(ValidationError, match="3 years"):
         services.subscription_create(
             actor=None,
-            customer=CustomerFactory(),
+            customer=CustomerFactory.create(),
             items=[services.ItemInput(price=build_price())],
             interval="month",
             interval_count=37,
@@ -154,12 +157,12 @@ def test_the_grace_period_must_be_shorter_than_the_interval() -> None:
     price = build_price()
     with pytest.raises(ValidationError, match="grace period"):
         services.subscription_create(
-            actor=None, customer=CustomerFactory(), items=[services.ItemInput(price=price)],
+            actor=None, customer=CustomerFactory.create(), items=[services.ItemInput(price=price)],
             interval="day",
         )  # fmt: skip
     services.subscription_create(
         actor=None,
-        customer=CustomerFactory(),
+        customer=CustomerFactory.create(),
         items=[services.ItemInput(price=price)],
         interval="day",
         interval_count=2,
@@ -169,7 +172,7 @@ def test_the_grace_period_must_be_shorter_than_the_interval() -> None:
 def test_subscription_times_sit_on_whole_minutes() -> None:
     subscription = services.subscription_create(
         actor=None,
-        customer=CustomerFactory(),
+        customer=CustomerFactory.create(),
         items=[services.ItemInput(price=build_price())],
         interval="month",
         start_date=utc(2025, 1, 31, 10, 15) + timedelta(seconds=42),
@@ -181,7 +184,7 @@ def test_subscription_times_sit_on_whole_minutes() -> None:
 def test_cancel_at_period_end_ends_with_the_current_period_and_can_be_withdrawn() -> None:
     subscription = services.subscription_create(
         actor=None,
-        customer=CustomerFactory(),
+        customer=CustomerFactory.create(),
         items=[services.ItemInput(price=build_price())],
         interval="month",
         start_date=utc(2025, 1, 31),
@@ -199,7 +202,7 @@ def test_cancel_at_period_end_ends_with_the_current_period_and_can_be_withdrawn(
 
 
 def test_credit_grant_ledger_and_void() -> None:
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
     now = utc(2025, 1, 1)
     grant = services.credit_grant_create(
         actor=None, customer=customer, amount=5000, currency="USD", now=now
@@ -213,7 +216,7 @@ def test_credit_grant_ledger_and_void() -> None:
 
 
 def test_credit_grant_checks() -> None:
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
     with pytest.raises(ValidationError, match="from 0"):
         services.credit_grant_create(
             actor=None, customer=customer, amount=1, currency="usd", priority=101
@@ -241,7 +244,7 @@ def test_credit_grant_checks() -> None:
 
 
 def test_at_most_100_unused_grants_per_customer() -> None:
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
     now = utc(2025, 1, 1)
     for _ in range(100):
         services.credit_grant_create(
@@ -254,10 +257,12 @@ def test_at_most_100_unused_grants_per_customer() -> None:
         )
     assert info.value.code == "credit_grant_limit"
     # A voided grant is no longer unused, so one more fits.
-    services.credit_grant_void(grant=customer.credit_grants.first(), actor=None, now=now)
+    voided = customer.credit_grants.first()
+    assert voided is not None
+    services.credit_grant_void(grant=voided, actor=None, now=now)
     services.credit_grant_create(actor=None, customer=customer, amount=1, currency="usd", now=now)
     # Expired grants don't count either.
-    other = CustomerFactory()
+    other = CustomerFactory.create()
     services.credit_grant_create(
         actor=None, customer=other, amount=1, currency="usd", now=now, expires_at=utc(2025, 6, 1)
     )

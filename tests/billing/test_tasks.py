@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 def test_worker_opens_and_finalizes_invoices(celery_worker) -> None:  # type: ignore[no-untyped-def]
-    meter = MeterFactory()
-    customer = CustomerFactory()
+    meter = MeterFactory.create()
+    customer = CustomerFactory.create()
     price = services.price_create(
         actor=None,
         currency="usd",

@@ -21,8 +21,10 @@ pytestmark = pytest.mark.django_db
 D = Decimal
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 TIERED_FORM = {
@@ -40,7 +42,7 @@ TIERED_FORM = {
 
 
 def test_admin_creates_a_tiered_price(admin_client_role: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     response = admin_client_role.post(
         "/billing/prices/new/", {**TIERED_FORM, "meter": meter.meter_id}
     )
@@ -55,7 +57,7 @@ def test_admin_creates_a_tiered_price(admin_client_role: Client) -> None:
 
 
 def test_price_form_reports_tier_errors(admin_client_role: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     data = {**TIERED_FORM, "meter": meter.meter_id, "tier-1-up_to": "3"}
     response = admin_client_role.post("/billing/prices/new/", data)
     assert response.status_code == 200
@@ -74,7 +76,7 @@ def test_price_form_reports_tier_errors(admin_client_role: Client) -> None:
 
 
 def test_deactivated_meters_are_not_offered(admin_client_role: Client) -> None:
-    meter = MeterFactory(status=Meter.Status.INACTIVE, deactivated_at=utc(2025, 1, 1))
+    meter = MeterFactory.create(status=Meter.Status.INACTIVE, deactivated_at=utc(2025, 1, 1))
     response = admin_client_role.post(
         "/billing/prices/new/", {**TIERED_FORM, "meter": meter.meter_id}
     )
@@ -83,7 +85,7 @@ def test_deactivated_meters_are_not_offered(admin_client_role: Client) -> None:
 
 
 def test_live_example_prices_0_1_10_and_1000_units(admin_client_role: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     response = admin_client_role.get(
         "/billing/prices/example/",
         {**TIERED_FORM, "meter": meter.meter_id},
@@ -111,7 +113,7 @@ def test_live_example_prices_0_1_10_and_1000_units(admin_client_role: Client) ->
 
 
 def test_jpy_amounts_have_no_decimals_and_dp_limit(admin_client_role: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     data = {
         "usage_type": "metered",
         "meter": meter.meter_id,
@@ -126,7 +128,7 @@ def test_jpy_amounts_have_no_decimals_and_dp_limit(admin_client_role: Client) ->
 
 
 def test_new_version_prefills_and_archives_the_old_price(admin_client_role: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     admin_client_role.post("/billing/prices/new/", {**TIERED_FORM, "meter": meter.meter_id})
     old = Price.objects.get()
     form_page = admin_client_role.get(f"/billing/prices/new/?replaces={old.pk}").content.decode()
@@ -142,7 +144,7 @@ def test_new_version_prefills_and_archives_the_old_price(admin_client_role: Clie
 
 
 def test_support_reads_but_cannot_write(support_client: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     assert support_client.get("/billing/prices/").status_code == 200
     response = support_client.post("/billing/prices/new/", {**TIERED_FORM, "meter": meter.meter_id})
     assert response.status_code == 403
@@ -153,8 +155,8 @@ def test_support_reads_but_cannot_write(support_client: Client) -> None:
 def test_subscription_and_credit_forms_and_the_estimate_on_the_customer_page(
     admin_client_role: Client, support_client: Client
 ) -> None:
-    meter = MeterFactory()
-    customer = CustomerFactory()
+    meter = MeterFactory.create()
+    customer = CustomerFactory.create()
     admin_client_role.post("/billing/prices/new/", {**TIERED_FORM, "meter": meter.meter_id})
     price = Price.objects.get()
     response = admin_client_role.post(
@@ -198,13 +200,13 @@ def test_subscription_and_credit_forms_and_the_estimate_on_the_customer_page(
 
 
 def test_subscription_form_errors_are_shown(admin_client_role: Client) -> None:
-    customer: Customer = CustomerFactory()
+    customer: Customer = CustomerFactory.create()
     price = services.price_create(
         actor=None,
         currency="usd",
         usage_type=Price.UsageType.METERED,
         pricing_model=Price.Model.PER_UNIT,
-        meter=MeterFactory(),
+        meter=MeterFactory.create(),
         unit_amount_decimal=D(1),
     )
     response = admin_client_role.post(

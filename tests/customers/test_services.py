@@ -29,7 +29,7 @@ def test_create_with_metadata_is_audited(admin_role_user: User) -> None:
 
 
 def test_duplicate_id_is_a_specific_error(admin_role_user: User) -> None:
-    CustomerFactory(external_id="cus_1")
+    CustomerFactory.create(external_id="cus_1")
     with pytest.raises(ValidationError) as caught:
         customer_create(actor=admin_role_user, external_id="cus_1")
     assert caught.value.error_dict["external_id"][0].code == "duplicate_customer_id"
@@ -65,7 +65,7 @@ def test_metadata_follows_stripe_limits(admin_role_user: User, metadata: object,
 
 
 def test_update_records_only_what_changed(admin_role_user: User) -> None:
-    customer = CustomerFactory(name="Acme", email="a@acme.test", metadata={"plan": "free"})
+    customer = CustomerFactory.create(name="Acme", email="a@acme.test", metadata={"plan": "free"})
     customer_update(
         customer=customer,
         actor=admin_role_user,
@@ -81,7 +81,7 @@ def test_update_records_only_what_changed(admin_role_user: User) -> None:
 
 
 def test_external_id_is_immutable(admin_role_user: User) -> None:
-    customer = CustomerFactory(external_id="cus_keep")
+    customer = CustomerFactory.create(external_id="cus_keep")
     with pytest.raises(ValidationError) as caught:
         customer_update(customer=customer, actor=admin_role_user, external_id="cus_new", name="x")
     assert caught.value.error_dict["external_id"][0].code == "immutable_field"
@@ -90,7 +90,7 @@ def test_external_id_is_immutable(admin_role_user: User) -> None:
 
 
 def test_update_rejects_an_invalid_email(admin_role_user: User) -> None:
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
     with pytest.raises(ValidationError) as caught:
         customer_update(customer=customer, actor=admin_role_user, email="not-an-email")
     assert "email" in caught.value.error_dict

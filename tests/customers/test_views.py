@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -10,7 +12,7 @@ from usage_portal.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
 
-HTMX = {"HTTP_HX_REQUEST": "true"}
+HTMX: dict[str, Any] = {"HTTP_HX_REQUEST": "true"}  # typed as Client.get/post **extra
 
 
 def _ids(response) -> list[str]:  # type: ignore[no-untyped-def]
@@ -18,9 +20,11 @@ def _ids(response) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_search_matches_id_name_and_email_case_insensitively(support_client: Client) -> None:
-    CustomerFactory(external_id="cus_ACME", name="Acme Corp", email="ap@acme.test")
-    CustomerFactory(external_id="cus_globex", name="Globex", email="billing@globex.test")
-    CustomerFactory(external_id="cus_initech", name="Initech", email="money@acme-partner.test")
+    CustomerFactory.create(external_id="cus_ACME", name="Acme Corp", email="ap@acme.test")
+    CustomerFactory.create(external_id="cus_globex", name="Globex", email="billing@globex.test")
+    CustomerFactory.create(
+        external_id="cus_initech", name="Initech", email="money@acme-partner.test"
+    )
     url = reverse("customers:customer_list")
     assert _ids(support_client.get(url, {"q": "acme"})) == ["cus_ACME", "cus_initech"]
     assert _ids(support_client.get(url, {"q": "GLOBEX"})) == ["cus_globex"]
@@ -31,7 +35,7 @@ def test_search_matches_id_name_and_email_case_insensitively(support_client: Cli
 
 def test_list_pages_without_counting(support_client: Client) -> None:
     for index in range(55):
-        CustomerFactory(external_id=f"cus_{index:03d}")
+        CustomerFactory.create(external_id=f"cus_{index:03d}")
     url = reverse("customers:customer_list")
     first = support_client.get(url)
     assert len(_ids(first)) == 50 and first.context["page"].has_next
@@ -42,7 +46,7 @@ def test_list_pages_without_counting(support_client: Client) -> None:
 
 
 def test_htmx_search_returns_only_the_results_partial(support_client: Client) -> None:
-    CustomerFactory(external_id="cus_x", name="Xylophone")
+    CustomerFactory.create(external_id="cus_x", name="Xylophone")
     response = support_client.get(reverse("customers:customer_list"), {"q": "xylo"}, **HTMX)
     html = response.content.decode()
     assert "Xylophone" in html and "<html" not in html and 'role="search"' not in html
@@ -63,7 +67,7 @@ def test_create_customer_with_metadata(admin_client_role: Client) -> None:
 
 
 def test_create_duplicate_id_shows_error_on_the_field(admin_client_role: Client) -> None:
-    CustomerFactory(external_id="cus_dup")
+    CustomerFactory.create(external_id="cus_dup")
     response = admin_client_role.post(
         reverse("customers:customer_create"), {"external_id": "cus_dup", "metadata": ""}
     )
@@ -72,7 +76,7 @@ def test_create_duplicate_id_shows_error_on_the_field(admin_client_role: Client)
 
 
 def test_edit_cannot_change_the_id(admin_client_role: Client) -> None:
-    customer = CustomerFactory(external_id="cus_fixed", name="Old", email="a@b.test")
+    customer = CustomerFactory.create(external_id="cus_fixed", name="Old", email="a@b.test")
     url = reverse("customers:customer_edit", kwargs={"pk": customer.pk})
     page = admin_client_role.get(url).content.decode()
     assert 'name="external_id"' not in page and "cus_fixed" in page
@@ -86,7 +90,7 @@ def test_edit_cannot_change_the_id(admin_client_role: Client) -> None:
 
 
 def test_edit_shows_bad_metadata_json_and_keeps_the_old_value(admin_client_role: Client) -> None:
-    customer = CustomerFactory(metadata={"a": "b"})
+    customer = CustomerFactory.create(metadata={"a": "b"})
     url = reverse("customers:customer_edit", kwargs={"pk": customer.pk})
     response = admin_client_role.post(url, {"name": "x", "metadata": "{bad"})
     assert response.status_code == 200
@@ -96,7 +100,7 @@ def test_edit_shows_bad_metadata_json_and_keeps_the_old_value(admin_client_role:
 
 
 def test_edit_prefills_metadata_as_json(admin_client_role: Client) -> None:
-    customer = CustomerFactory(metadata={"plan": "pro"})
+    customer = CustomerFactory.create(metadata={"plan": "pro"})
     html = admin_client_role.get(
         reverse("customers:customer_edit", kwargs={"pk": customer.pk})
     ).content.decode()
@@ -104,7 +108,7 @@ def test_edit_prefills_metadata_as_json(admin_client_role: Client) -> None:
 
 
 def test_support_sees_no_write_links(support_client: Client) -> None:
-    customer = CustomerFactory()
+    customer = CustomerFactory.create()
     html = support_client.get(reverse("customers:customer_list")).content.decode()
     assert "Import CSV" not in html and "New customer" not in html
     assert "Edit" not in support_client.get(customer.get_absolute_url()).content.decode()

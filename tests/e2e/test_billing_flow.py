@@ -16,9 +16,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_admin_creates_a_tiered_price_and_sees_the_estimate(page) -> None:  # type: ignore[no-untyped-def]
-    UserFactory(username="ada-admin", role=Role.ADMIN)
-    meter = MeterFactory(display_name="API calls", event_name="api_call")
-    customer = CustomerFactory(external_id="cus_e2e", name="Acme")
+    UserFactory.create(username="ada-admin", role=Role.ADMIN)
+    meter = MeterFactory.create(display_name="API calls", event_name="api_call")
+    customer = CustomerFactory.create(external_id="cus_e2e", name="Acme")
 
     browser_login(page, "ada-admin")
     page.click("nav.mainnav >> text=Prices")

@@ -27,9 +27,9 @@ def column_sum(page, selector: str) -> Decimal:  # type: ignore[no-untyped-def]
 
 
 def test_support_follows_a_number_down_to_its_events(page) -> None:  # type: ignore[no-untyped-def]
-    support = UserFactory(username="sam-support", role=Role.SUPPORT)
-    meter = MeterFactory(display_name="API calls")
-    CustomerFactory(external_id="cus_acme", name="Acme")
+    support = UserFactory.create(username="sam-support", role=Role.SUPPORT)
+    meter = MeterFactory.create(display_name="API calls")
+    CustomerFactory.create(external_id="cus_acme", name="Acme")
     day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
     batch = event_batch_create(source=EventBatch.Source.MANUAL, user=support)
     meter_events_ingest(

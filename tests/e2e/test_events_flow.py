@@ -14,10 +14,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_finance_user_enters_usage_and_finds_it_in_the_explorer(page) -> None:  # type: ignore[no-untyped-def]
-    UserFactory(username="fay-finance", role=Role.FINANCE)
-    meter = MeterFactory(display_name="Search API calls", event_name="search_api")
-    CustomerFactory(external_id="cus_acme", name="Acme Rockets")
-    CustomerFactory(external_id="cus_other", name="Other Inc")
+    UserFactory.create(username="fay-finance", role=Role.FINANCE)
+    meter = MeterFactory.create(display_name="Search API calls", event_name="search_api")
+    CustomerFactory.create(external_id="cus_acme", name="Acme Rockets")
+    CustomerFactory.create(external_id="cus_other", name="Other Inc")
     page.on("dialog", lambda dialog: dialog.accept())
 
     browser_login(page, "fay-finance")

@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_admin_creates_deactivates_and_reactivates_a_meter(page) -> None:  # type: ignore[no-untyped-def]
-    UserFactory(username="ada-admin", role=Role.ADMIN)
-    MeterFactory(display_name="Existing storage", event_name="storage")
+    UserFactory.create(username="ada-admin", role=Role.ADMIN)
+    MeterFactory.create(display_name="Existing storage", event_name="storage")
     dialogs: list[str] = []
 
     def accept(dialog) -> None:  # type: ignore[no-untyped-def]
@@ -78,8 +78,8 @@ def test_admin_creates_deactivates_and_reactivates_a_meter(page) -> None:  # typ
 
 
 def test_dismissing_the_confirmation_changes_nothing(page) -> None:  # type: ignore[no-untyped-def]
-    UserFactory(username="ada-admin", role=Role.ADMIN)
-    meter = MeterFactory(display_name="Keep me")
+    UserFactory.create(username="ada-admin", role=Role.ADMIN)
+    meter = MeterFactory.create(display_name="Keep me")
     page.on("dialog", lambda dialog: dialog.dismiss())
     browser_login(page, "ada-admin")
     page.goto(meter.get_absolute_url())

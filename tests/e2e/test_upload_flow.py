@@ -26,9 +26,9 @@ def meter_sum(meter: Meter) -> Decimal:
 
 
 def test_upload_fix_and_reupload(page, celery_worker) -> None:  # type: ignore[no-untyped-def]
-    meter = MeterFactory(event_name="api_calls", display_name="API calls")
-    CustomerFactory(external_id="cus_1")
-    UserFactory(username="fiona-finance", role=Role.FINANCE)
+    meter = MeterFactory.create(event_name="api_calls", display_name="API calls")
+    CustomerFactory.create(external_id="cus_1")
+    UserFactory.create(username="fiona-finance", role=Role.FINANCE)
     day = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%d")
     rows = [f"{day}T{hour:02d}:00:00Z,api_calls,cus_1,10\n" for hour in range(20)]
     rows += [f"{day},api_calls,cus_1,ten\n", "yesterday,api_calls,cus_1,5\n"]

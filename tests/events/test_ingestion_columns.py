@@ -3,8 +3,10 @@ rejections, stored events and rollups, on both databases."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
@@ -67,7 +69,17 @@ def columns_of(rows: list[tuple]) -> EventColumns:
     )
 
 
-def snapshot(batch: EventBatch) -> dict[str, object]:
+@dataclass(frozen=True)
+class Snapshot:
+    """What a batch left behind: its events by identifier, every non-empty rollup, and its
+    rejections."""
+
+    events: dict[str, tuple[Any, ...]]
+    rollups: dict[tuple[Any, ...], tuple[Any, ...]]
+    rejections: list[tuple[Any, ...]]
+
+
+def snapshot(batch: EventBatch) -> Snapshot:
     events = {
         e.identifier: (e.meter_id, e.customer_id, e.timestamp, e.value, e.payload, e.line)
         for e in MeterEvent.objects.filter(batch=batch)
@@ -81,12 +93,12 @@ def snapshot(batch: EventBatch) -> dict[str, object]:
         (r.line, r.code, r.column, r.message, r.identifier, r.customer_ref)
         for r in EventRejection.objects.filter(batch=batch)
     )
-    return {"events": events, "rollups": rollups, "rejections": rejections}
+    return Snapshot(events=events, rollups=rollups, rejections=rejections)
 
 
 def ingested_both_ways(
     rows: list[tuple],
-) -> tuple[IngestCounts, dict[str, object], IngestReport, dict[str, object]]:
+) -> tuple[IngestCounts, Snapshot, IngestReport, Snapshot]:
     """``rows`` ingested in columns (then rolled back), and again one by one: the counts and
     the snapshot of each."""
     with transaction.atomic():
@@ -104,13 +116,13 @@ def ingested_both_ways(
 
 
 def test_columns_and_single_events_end_the_same(db) -> None:
-    api = MeterFactory(event_name="api_calls")
-    logins = MeterFactory(event_name="logins", aggregation_formula="count")
-    MeterFactory(event_name="storage", aggregation_formula="last")
-    archived = MeterFactory(event_name="archived")
+    api = MeterFactory.create(event_name="api_calls")
+    logins = MeterFactory.create(event_name="logins", aggregation_formula="count")
+    MeterFactory.create(event_name="storage", aggregation_formula="last")
+    archived = MeterFactory.create(event_name="archived")
     archived.status, archived.deactivated_at = "inactive", NOW
     archived.save()
-    customers = {ref: CustomerFactory(external_id=ref) for ref in ("cus_1", "cus_2")}
+    customers = {ref: CustomerFactory.create(external_id=ref) for ref in ("cus_1", "cus_2")}
     earlier = event_batch_create(source=EventBatch.Source.API)
     meter_events_ingest(
         events=[
@@ -134,12 +146,12 @@ def test_columns_and_single_events_end_the_same(db) -> None:
     assert counts.totals_by_meter[api.pk].value_sum == Decimal("1010.0")
     assert counts.totals_by_meter[logins.pk].event_count == 2
     assert by_columns == one_by_one
-    assert by_columns["events"]["a-12"][4] == {
+    assert by_columns.events["a-12"][4] == {
         "stripe_customer_id": "cus_1",
         "value": "4",
         "note": 'say "hi" \\ bye',
     }
-    assert customers["cus_1"].pk == by_columns["events"]["a-1"][1]
+    assert customers["cus_1"].pk == by_columns.events["a-1"][1]
 
 
 PLAIN_ROWS = [  # every row plain: the chunk is accepted column by column
@@ -163,11 +175,11 @@ PLAIN_ROWS = [  # every row plain: the chunk is accepted column by column
 def test_a_plain_chunk_ends_as_it_would_one_by_one(
     db, rows: list[tuple], expected: tuple[int, int, int]
 ) -> None:
-    MeterFactory(event_name="api_calls")
-    MeterFactory(event_name="logins", aggregation_formula="count")
-    MeterFactory(event_name="storage", aggregation_formula="last")
+    MeterFactory.create(event_name="api_calls")
+    MeterFactory.create(event_name="logins", aggregation_formula="count")
+    MeterFactory.create(event_name="storage", aggregation_formula="last")
     for ref in ("cus_1", "cus_2"):
-        CustomerFactory(external_id=ref)
+        CustomerFactory.create(external_id=ref)
 
     counts, by_columns, report, one_by_one = ingested_both_ways(rows)
 
@@ -175,12 +187,12 @@ def test_a_plain_chunk_ends_as_it_would_one_by_one(
     assert (report.accepted, report.duplicates, report.rejected) == expected
     assert counts.totals_by_meter == report.totals_by_meter
     assert by_columns == one_by_one
-    assert by_columns["events"]["p-2"][3] == Decimal(1)
+    assert by_columns.events["p-2"][3] == Decimal(1)
 
 
 def test_an_identifier_the_sample_probe_missed_is_still_a_duplicate(db) -> None:
-    api = MeterFactory(event_name="api_calls")
-    CustomerFactory(external_id="cus_1")
+    api = MeterFactory.create(event_name="api_calls")
+    CustomerFactory.create(external_id="cus_1")
     rows = [("api_calls", T + n, f"id-{n:04d}", "cus_1", "1", "") for n in range(1000)]
     # Stored before, by another source: one identifier the sample (every third) skips.
     meter_events_ingest(
@@ -200,8 +212,8 @@ def test_an_identifier_the_sample_probe_missed_is_still_a_duplicate(db) -> None:
 def test_a_chunk_seen_in_full_is_all_duplicates_without_a_lookup(db) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the embedded default (SQLite) takes the per-event path")
-    api = MeterFactory(event_name="api_calls")
-    CustomerFactory(external_id="cus_1")
+    api = MeterFactory.create(event_name="api_calls")
+    CustomerFactory.create(external_id="cus_1")
     rows = [("api_calls", T + n, f"csv_{n:032x}_0", "cus_1", "2", "") for n in range(300)]
 
     def send(rows: list[tuple], now: datetime = NOW) -> tuple[int, int, int]:

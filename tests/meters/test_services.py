@@ -62,7 +62,7 @@ def test_event_name_allows_letters_digits_underscore_hyphen_dot(admin_role_user:
 
 
 def test_duplicate_event_name_names_the_meter_that_has_it(admin_role_user: User) -> None:
-    existing = MeterFactory(display_name="Search calls", event_name="search")
+    existing = MeterFactory.create(display_name="Search calls", event_name="search")
     meter_deactivate(meter=existing, actor=admin_role_user)  # inactive meters count too
     with pytest.raises(ValidationError) as caught:
         meter_create(actor=admin_role_user, display_name="Other", event_name="search")
@@ -99,7 +99,7 @@ def test_unknown_formula_and_window_are_refused(admin_role_user: User) -> None:
 
 
 def test_update_changes_only_the_display_name_and_audits_it(admin_role_user: User) -> None:
-    meter = MeterFactory(display_name="Old")
+    meter = MeterFactory.create(display_name="Old")
     updated = meter_update(meter=meter, actor=admin_role_user, display_name="New")
     assert updated.display_name == "New"
     entry = AuditEntry.objects.get(action=AuditEntry.Action.UPDATE)
@@ -108,7 +108,7 @@ def test_update_changes_only_the_display_name_and_audits_it(admin_role_user: Use
 
 
 def test_update_without_a_change_records_nothing(admin_role_user: User) -> None:
-    meter = MeterFactory(display_name="Same")
+    meter = MeterFactory.create(display_name="Same")
     meter_update(meter=meter, actor=admin_role_user, display_name="Same")
     assert not AuditEntry.objects.exists()
 
@@ -126,7 +126,7 @@ def test_update_without_a_change_records_nothing(admin_role_user: User) -> None:
 def test_update_refuses_changes_to_anything_but_the_display_name(
     admin_role_user: User, field: str, value: str
 ) -> None:
-    meter = MeterFactory(display_name="Keep")
+    meter = MeterFactory.create(display_name="Keep")
     with pytest.raises(ValidationError) as caught:
         meter_update(meter=meter, actor=admin_role_user, display_name="Changed", **{field: value})
     assert _codes(caught.value, field) == ["immutable_field"]
@@ -137,14 +137,14 @@ def test_update_refuses_changes_to_anything_but_the_display_name(
 
 
 def test_update_accepts_unchanged_immutable_fields(admin_role_user: User) -> None:
-    meter = MeterFactory(event_name="same")
+    meter = MeterFactory.create(event_name="same")
     meter_update(meter=meter, actor=admin_role_user, display_name="X", event_name="same")
     meter.refresh_from_db()
     assert meter.display_name == "X"
 
 
 def test_deactivate_and_reactivate_keep_status_history(admin_role_user: User) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     meter = meter_deactivate(meter=meter, actor=admin_role_user)
     assert meter.status == Meter.Status.INACTIVE and meter.deactivated_at is not None
     deactivated_at = meter.deactivated_at
@@ -157,7 +157,7 @@ def test_deactivate_and_reactivate_keep_status_history(admin_role_user: User) ->
 
 
 def test_deactivating_twice_is_refused(admin_role_user: User) -> None:
-    meter = meter_deactivate(meter=MeterFactory(), actor=admin_role_user)
+    meter = meter_deactivate(meter=MeterFactory.create(), actor=admin_role_user)
     with pytest.raises(ValidationError) as caught:
         meter_deactivate(meter=meter, actor=admin_role_user)
     assert caught.value.code == "meter_already_inactive"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
@@ -13,7 +15,7 @@ from usage_portal.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
 
-HTMX = {"HTTP_HX_REQUEST": "true"}
+HTMX: dict[str, Any] = {"HTTP_HX_REQUEST": "true"}  # typed as Client.get/post **extra
 
 
 def _names(response) -> list[str]:  # type: ignore[no-untyped-def]
@@ -21,9 +23,9 @@ def _names(response) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_list_filters_by_status_and_searches_names(support_client: Client) -> None:
-    MeterFactory(display_name="Search API", event_name="search_calls")
-    MeterFactory(display_name="Storage", event_name="gb_stored")
-    MeterFactory(
+    MeterFactory.create(display_name="Search API", event_name="search_calls")
+    MeterFactory.create(display_name="Storage", event_name="gb_stored")
+    MeterFactory.create(
         display_name="Old search",
         event_name="legacy",
         status="inactive",
@@ -37,9 +39,9 @@ def test_list_filters_by_status_and_searches_names(support_client: Client) -> No
 
 
 def test_list_sorts_by_columns(support_client: Client) -> None:
-    MeterFactory(display_name="B", event_name="a_event", aggregation_formula="sum")
-    MeterFactory(display_name="A", event_name="c_event", aggregation_formula="count")
-    MeterFactory(display_name="C", event_name="b_event", aggregation_formula="last")
+    MeterFactory.create(display_name="B", event_name="a_event", aggregation_formula="sum")
+    MeterFactory.create(display_name="A", event_name="c_event", aggregation_formula="count")
+    MeterFactory.create(display_name="C", event_name="b_event", aggregation_formula="last")
     url = reverse("meters:meter_list")
     assert _names(support_client.get(url)) == ["A", "B", "C"]
     assert _names(support_client.get(url, {"sort": "-name"})) == ["C", "B", "A"]
@@ -50,7 +52,7 @@ def test_list_sorts_by_columns(support_client: Client) -> None:
 
 def test_list_paginates(support_client: Client) -> None:
     for index in range(30):
-        MeterFactory(display_name=f"Meter {index:02d}")
+        MeterFactory.create(display_name=f"Meter {index:02d}")
     url = reverse("meters:meter_list")
     first = support_client.get(url)
     assert len(first.context["page"].items) == 25 and first.context["page"].has_next
@@ -61,7 +63,7 @@ def test_list_paginates(support_client: Client) -> None:
 
 
 def test_list_htmx_request_returns_only_the_results_partial(support_client: Client) -> None:
-    MeterFactory(display_name="Only me")
+    MeterFactory.create(display_name="Only me")
     response = support_client.get(reverse("meters:meter_list"), {"q": "only"}, **HTMX)
     html = response.content.decode()
     assert "Only me" in html
@@ -70,7 +72,7 @@ def test_list_htmx_request_returns_only_the_results_partial(support_client: Clie
 
 
 def test_support_sees_no_write_buttons(support_client: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     html = support_client.get(reverse("meters:meter_list")).content.decode()
     assert "New meter" not in html and "Deactivate" not in html
     detail = support_client.get(meter.get_absolute_url()).content.decode()
@@ -98,7 +100,7 @@ def test_create_meter_and_land_on_its_page(admin_client_role: Client) -> None:
 
 
 def test_create_form_shows_the_meter_that_has_the_event_name(admin_client_role: Client) -> None:
-    existing = MeterFactory(display_name="Search API", event_name="search")
+    existing = MeterFactory.create(display_name="Search API", event_name="search")
     response = admin_client_role.post(
         reverse("meters:meter_create"),
         {
@@ -118,7 +120,7 @@ def test_create_form_shows_the_meter_that_has_the_event_name(admin_client_role: 
 def test_edit_changes_the_display_name_and_shows_the_rest_read_only(
     admin_client_role: Client,
 ) -> None:
-    meter = MeterFactory(display_name="Before", event_name="calls")
+    meter = MeterFactory.create(display_name="Before", event_name="calls")
     url = reverse("meters:meter_edit", kwargs={"meter_id": meter.meter_id})
     page = admin_client_role.get(url).content.decode()
     assert 'name="event_name"' not in page and "calls" in page
@@ -131,7 +133,7 @@ def test_edit_changes_the_display_name_and_shows_the_rest_read_only(
 def test_deactivate_with_htmx_from_the_list_returns_only_the_row(
     admin_client_role: Client, admin_role_user: User
 ) -> None:
-    meter = MeterFactory(display_name="Calls")
+    meter = MeterFactory.create(display_name="Calls")
     url = reverse("meters:meter_deactivate", kwargs={"meter_id": meter.meter_id})
     response = admin_client_role.post(url, {"from": "list"}, **HTMX)
     html = response.content.decode()
@@ -146,7 +148,7 @@ def test_deactivate_with_htmx_from_the_list_returns_only_the_row(
 def test_reactivate_with_htmx_on_the_detail_page_returns_the_status_block(
     admin_client_role: Client,
 ) -> None:
-    meter = meter_deactivate(meter=MeterFactory(), actor=None)
+    meter = meter_deactivate(meter=MeterFactory.create(), actor=None)
     url = reverse("meters:meter_reactivate", kwargs={"meter_id": meter.meter_id})
     html = admin_client_role.post(url, **HTMX).content.decode()
     assert "<html" not in html and 'id="meter-status-title"' in html
@@ -158,7 +160,7 @@ def test_reactivate_with_htmx_on_the_detail_page_returns_the_status_block(
 
 
 def test_deactivate_without_javascript_redirects_with_a_message(admin_client_role: Client) -> None:
-    meter = MeterFactory(display_name="Calls")
+    meter = MeterFactory.create(display_name="Calls")
     url = reverse("meters:meter_deactivate", kwargs={"meter_id": meter.meter_id})
     response = admin_client_role.post(url, follow=True)
     assert response.redirect_chain[-1][0] == meter.get_absolute_url()
@@ -169,7 +171,7 @@ def test_deactivate_without_javascript_redirects_with_a_message(admin_client_rol
 
 
 def test_deactivate_needs_post(admin_client_role: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     url = reverse("meters:meter_deactivate", kwargs={"meter_id": meter.meter_id})
     assert admin_client_role.get(url).status_code == 405
     meter.refresh_from_db()

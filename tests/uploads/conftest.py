@@ -69,19 +69,19 @@ def rollup_total(meter: Meter) -> tuple[Decimal, int]:
 
 @pytest.fixture
 def api_meter(db: None) -> Meter:
-    return MeterFactory(event_name="api_calls", display_name="API calls")
+    return MeterFactory.create(event_name="api_calls", display_name="API calls")
 
 
 @pytest.fixture
 def count_meter(db: None) -> Meter:
-    return MeterFactory(
+    return MeterFactory.create(
         event_name="logins", display_name="Logins", aggregation_formula=Meter.Formula.COUNT
     )
 
 
 @pytest.fixture
 def customers(db: None) -> list[Customer]:
-    return [CustomerFactory(external_id=f"cus_{n}") for n in range(1, 4)]
+    return [CustomerFactory.create(external_id=f"cus_{n}") for n in range(1, 4)]
 
 
 @pytest.fixture

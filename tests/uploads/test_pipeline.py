@@ -212,7 +212,7 @@ def test_chunks_written_at_once_keep_the_files_order_for_last(
     """Chunks commit on several connections at once (two writers on PostgreSQL), yet among
     rows with the same timestamp the one further down the file is the "last" one, even when
     a later chunk is quicker to check than the one before it."""
-    gauge = MeterFactory(
+    gauge = MeterFactory.create(
         event_name="seats", display_name="Seats", aggregation_formula=Meter.Formula.LAST
     )
     celery_worker_factory(env={"USAGE_UPLOAD_CHUNK_ROWS": "500"})

@@ -7,13 +7,14 @@ import gzip
 import os
 import socket
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.core.files import File
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import UploadedFile
 from django.test import Client
 from django.utils import timezone
 
@@ -28,7 +29,7 @@ from usage_portal.celery import app
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def stale_later() -> timezone.datetime:
+def stale_later() -> datetime:
     """A moment at which every job now running or queued counts as stale."""
     return timezone.now() + timedelta(
         seconds=max(
@@ -102,7 +103,7 @@ def test_broker_down_while_uploading_keeps_the_file_and_runs_later(
         upload = post_upload(finance_client, big_file(50))
         upload.refresh_from_db()
         assert upload.status == Upload.Status.QUEUED
-        assert upload.file.storage.exists(upload.file.name)
+        assert upload.file.name and upload.file.storage.exists(upload.file.name)
         page = finance_client.get(upload.get_absolute_url()).content.decode()
         assert 'data-status="queued"' in page
         assert uploads_requeue_stale(now=stale_later()) == []  # still down: nothing sent
@@ -155,9 +156,10 @@ def test_two_uploads_at_once_and_the_same_file_twice_at_once(
     assert rollup_total(api_meter) == (expected, total_rows)
 
 
-def _store(user, name: str, path: Path) -> Upload:  # type: ignore[no-untyped-def]
+def _store(user: User, name: str, path: Path) -> Upload:
     with path.open("rb") as handle:
-        return upload_create(file=File(handle, name=name), user=user)
+        uploaded = UploadedFile(handle, name=name, size=path.stat().st_size)
+        return upload_create(file=uploaded, user=user)
 
 
 def test_bad_files_each_end_clearly_and_lose_nothing_valid(

@@ -61,7 +61,7 @@ def test_identical_rows_get_distinct_stable_identifiers() -> None:
         b"2024-09-23,api_calls,cus_1,6\n"
         b"2024-09-23T00:00:00Z,api_calls,cus_1,5\n"  # the same instant, written differently
     )
-    first = [row.event.identifier for row in parse(data) if row.event]
+    first = [row.event.identifier for row in parse(data) if row.event and row.event.identifier]
     assert len(set(first)) == 4
     assert first[0].endswith("_0") and first[1].endswith("_1") and first[3].endswith("_2")
     assert first[0][:-2] == first[1][:-2] == first[3][:-2] != first[2][:-2]

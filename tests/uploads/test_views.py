@@ -4,6 +4,7 @@ test process here (the worker tests cover the asynchronous path)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -18,13 +19,13 @@ from uploads.services import upload_revert, uploads_requeue_stale
 
 pytestmark = pytest.mark.django_db
 
-HTMX = {"HTTP_HX_REQUEST": "true"}
+HTMX: dict[str, Any] = {"HTTP_HX_REQUEST": "true"}  # typed as Client.get/post **extra
 
 
 def test_upload_page_has_help_templates_and_drop_zone(
     finance_client: Client, api_meter: Meter
 ) -> None:
-    MeterFactory(
+    MeterFactory.create(
         event_name="tokens", display_name="Tokens", value_settings_key="tokens"
     )  # custom value key
     page = finance_client.get("/uploads/new/").content.decode()
@@ -34,8 +35,8 @@ def test_upload_page_has_help_templates_and_drop_zone(
 
 
 def test_meter_template_uses_the_meter_keys(finance_client: Client) -> None:
-    tokens = MeterFactory(event_name="tokens", value_settings_key="tokens")
-    logins = MeterFactory(
+    tokens = MeterFactory.create(event_name="tokens", value_settings_key="tokens")
+    logins = MeterFactory.create(
         event_name="logins", customer_mapping_key="account", aggregation_formula="count"
     )
     text = finance_client.get(f"/uploads/templates/{tokens.meter_id}.csv").content.decode()
@@ -51,7 +52,7 @@ def test_post_lands_on_the_upload_page_queued(finance_client: Client) -> None:
     upload = Upload.objects.get()
     assert response.redirect_chain == [(upload.get_absolute_url(), 302)]
     assert 'data-status="queued"' in response.content.decode()
-    assert upload.file.storage.exists(upload.file.name)
+    assert upload.file.name and upload.file.storage.exists(upload.file.name)
 
 
 def test_support_cannot_upload(support_client: Client) -> None:

@@ -67,14 +67,14 @@ def world() -> tuple[dict[str, Meter], list[Customer], list[EventBatch]]:
     """Sum, count, last and a daily-window meter; three customers with different usage over
     nine days, several events per customer-hour."""
     meters = {
-        "sum": MeterFactory(aggregation_formula=Meter.Formula.SUM),
-        "count": MeterFactory(aggregation_formula=Meter.Formula.COUNT),
-        "last": MeterFactory(aggregation_formula=Meter.Formula.LAST),
-        "window": MeterFactory(
+        "sum": MeterFactory.create(aggregation_formula=Meter.Formula.SUM),
+        "count": MeterFactory.create(aggregation_formula=Meter.Formula.COUNT),
+        "last": MeterFactory.create(aggregation_formula=Meter.Formula.LAST),
+        "window": MeterFactory.create(
             aggregation_formula=Meter.Formula.SUM, event_time_window=Meter.TimeWindow.DAY
         ),
     }
-    customers = [CustomerFactory() for _ in range(3)]
+    customers = [CustomerFactory.create() for _ in range(3)]
     batches = []
     for index, meter in enumerate(meters.values()):
         for rank, customer in enumerate(customers):
@@ -168,7 +168,7 @@ def test_overview_is_exact_after_ingestion_refresh_and_cancellation(world):
     assert_exact(meters)
 
     # Cancel one event and a whole batch: their days go stale, the overview stays exact.
-    user = UserFactory(username="overview-canceller")
+    user = UserFactory.create(username="overview-canceller")
     meter_event_cancel(event=MeterEvent.objects.filter(meter=meters["last"]).last(), user=user)
     meter_event_cancel(event=MeterEvent.objects.filter(meter=meters["window"]).first(), user=user)
     event_batch_cancel(batch=batches[0], user=user)
@@ -265,7 +265,7 @@ def test_a_day_emptied_by_cancellation_loses_its_daily_rows(world):
     meter, day = meters["sum"], MONTH + 4 * DAY
     usage_days_refresh()
     assert MeterDailyRollup.objects.filter(meter=meter, day=day.date()).exists()
-    user = UserFactory(username="overview-emptier")
+    user = UserFactory.create(username="overview-emptier")
     for event in MeterEvent.objects.filter(
         meter=meter, timestamp__gte=day, timestamp__lt=day + DAY, cancelled_at__isnull=True
     ):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_audit_record_stores_json_safe_changes(admin_role_user: User) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     entry = audit_record(
         target=meter,
         action=AuditEntry.Action.UPDATE,
@@ -51,7 +51,7 @@ def test_meter_page_shows_who_did_what(admin_client_role: Client, admin_role_use
 
 
 def test_customer_page_shows_changes(admin_client_role: Client, admin_role_user: User) -> None:
-    customer = CustomerFactory(name="Old name")
+    customer = CustomerFactory.create(name="Old name")
     customer_update(customer=customer, actor=admin_role_user, name="New name")
     html = admin_client_role.get(customer.get_absolute_url()).content.decode()
     history = html[html.index('id="customer-history"') :]

@@ -42,7 +42,7 @@ def test_wrong_role_gets_the_403_page_with_the_needed_role(support_client: Clien
 
 
 def test_403_on_a_post_changes_nothing(support_client: Client) -> None:
-    meter = MeterFactory()
+    meter = MeterFactory.create()
     url = reverse("meters:meter_deactivate", kwargs={"meter_id": meter.meter_id})
     assert support_client.post(url).status_code == 403
     meter.refresh_from_db()
@@ -50,7 +50,7 @@ def test_403_on_a_post_changes_nothing(support_client: Client) -> None:
 
 
 def test_flash_message_shows_after_a_redirect(admin_client_role: Client) -> None:
-    meter = MeterFactory(display_name="Calls")
+    meter = MeterFactory.create(display_name="Calls")
     url = reverse("meters:meter_edit", kwargs={"meter_id": meter.meter_id})
     response = admin_client_role.post(url, {"display_name": "Calls v2"}, follow=True)
     assert '<li class="message success">Meter “Calls v2” saved.</li>' in response.content.decode()
