@@ -13,6 +13,7 @@ path; the same answers hold.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -118,7 +119,9 @@ def rows(draw: st.DrawFn, *, meters: int, customers: int, clean: bool) -> Row:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[list[str], int, list[tuple[list[Row], bool]]]:
+def scenarios(
+    draw: st.DrawFn,
+) -> tuple[list[Meter.Formula], int, list[tuple[list[Row], bool]]]:
     """Meter formulas, the number of customers, and chunks: (rows, content-addressed)."""
     formulas = draw(st.lists(st.sampled_from(FORMULAS), min_size=1, max_size=3))
     customers = draw(st.integers(min_value=1, max_value=3))
@@ -189,14 +192,15 @@ def accepted_value(row: Row, formula: str) -> Decimal | None:
 
 
 def brute_force(
-    formulas: list[str], customers: int, chunks: list[tuple[list[Row], bool]]
+    formulas: Sequence[str], customers: int, chunks: list[tuple[list[Row], bool]]
 ) -> tuple[list[tuple[int, int, int]], list[Expected], bool]:
     """Per chunk (accepted, duplicates, rejected), the accepted events in receipt order, and
     whether the inputs meet KNOWN_BUG (see ``test_a_repeat_of_a_conflicting_event_...``)."""
     names = {f"meter_{index}": index for index in range(len(formulas))}
     known = set(REFS[:customers])
     claimed: dict[str, tuple[int, str, int, Decimal]] = {}
-    counts, accepted = [], []
+    counts: list[tuple[int, int, int]] = []
+    accepted: list[Expected] = []
     known_bug = False
     for chunk, _ in chunks:
         taken = duplicates = refused = 0
@@ -280,13 +284,13 @@ def test_columnar_chunks_end_as_brute_force_says(db, scenario) -> None:
 
 
 def check_scenario(
-    formulas: list[str], customers: int, chunks: list[tuple[list[Row], bool]]
+    formulas: Sequence[str], customers: int, chunks: list[tuple[list[Row], bool]]
 ) -> None:
     meters = [
-        MeterFactory(event_name=f"meter_{index}", aggregation_formula=formula)
+        MeterFactory.create(event_name=f"meter_{index}", aggregation_formula=formula)
         for index, formula in enumerate(formulas)
     ]
-    customer_of = {ref: CustomerFactory(external_id=ref) for ref in REFS[:customers]}
+    customer_of = {ref: CustomerFactory.create(external_id=ref) for ref in REFS[:customers]}
     batch = event_batch_create(source=EventBatch.Source.CSV)
     expected_counts, expected, _ = brute_force(formulas, customers, chunks)
 
@@ -331,13 +335,13 @@ def check_scenario(
 
     # Hourly rollups: sum, count and the last event per (meter, customer, hour).
     want_rollups = {}
-    for (meter, ref), events in by_pair.items():
+    for (meter_number, ref), events in by_pair.items():
         hours: dict[int, list[tuple[int, int, Decimal]]] = {}
-        for event in events:
-            hours.setdefault(event[0] - event[0] % 3600, []).append(event)
+        for timed in events:
+            hours.setdefault(timed[0] - timed[0] % 3600, []).append(timed)
         for hour, in_hour in hours.items():
             last = max(in_hour)
-            want_rollups[(meter, ref, moment(hour))] = (
+            want_rollups[(meter_number, ref, moment(hour))] = (
                 sum((value for _, _, value in in_hour), Decimal(0)),
                 len(in_hour),
                 last[2],
@@ -376,7 +380,7 @@ def check_scenario(
                 meter=meter, customer=customer, start=start, end=end, grouping=grouping
             )
             got = [(s.start, s.end, s.aggregated_value, s.event_count) for s in summaries]
-            want = []
+            want_summaries: list[tuple[datetime, datetime, Decimal, int]] = []
             window = start
             while window < end:
                 window_end = end if step is None else window + timedelta(seconds=step)
@@ -385,9 +389,11 @@ def check_scenario(
                     for event in events
                     if window.timestamp() <= event[0] < window_end.timestamp()
                 ]
-                want.append((window, window_end, *aggregate(inside, meter.aggregation_formula)))
+                want_summaries.append(
+                    (window, window_end, *aggregate(inside, meter.aggregation_formula))
+                )
                 window = window_end
-            assert got == want, (grouping, meter.aggregation_formula, ref)
+            assert got == want_summaries, (grouping, meter.aggregation_formula, ref)
 
 
 def test_brute_force_counts_what_the_rules_say() -> None:
@@ -439,8 +445,8 @@ def test_brute_force_counts_what_the_rules_say() -> None:
 def test_a_repeat_of_a_conflicting_event_is_judged_against_the_stored_one(
     db, path: str, repeats: list[str], expected: tuple[int, int, int]
 ) -> None:
-    MeterFactory(event_name="meter_0")
-    CustomerFactory(external_id="cus_a")
+    MeterFactory.create(event_name="meter_0")
+    CustomerFactory.create(external_id="cus_a")
     at = THIS_HOUR - 3600
     batch = event_batch_create(source=EventBatch.Source.CSV)
 
@@ -454,9 +460,11 @@ def test_a_repeat_of_a_conflicting_event_is_judged_against_the_stored_one(
     columns = chunk(repeats)
     if path == "columns":
         counts = meter_events_ingest_columns(columns=columns, batch=batch, now=NOW)
+        got = (counts.accepted, counts.duplicates, counts.rejected)
     else:
         events = [columns.event_input(index) for index in range(len(columns))]
-        counts = meter_events_ingest(events=events, batch=batch, now=NOW)  # type: ignore[assignment]
+        report = meter_events_ingest(events=events, batch=batch, now=NOW)
+        got = (report.accepted, report.duplicates, report.rejected)
 
-    assert (counts.accepted, counts.duplicates, counts.rejected) == expected
+    assert got == expected
     assert EventRejection.objects.filter(batch=batch).count() == expected[2]

@@ -8,17 +8,18 @@ the PostgreSQL-only steps of the migrations are guarded by vendor."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
-from django.apps.registry import Apps
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.state import StateApps
 
 from alerts.models import UsageAlert
 from customers.models import Customer
@@ -28,7 +29,7 @@ from uploads.models import Upload
 from usage_portal.models import AuditEntry
 
 # The leaf migrations before the split, and the apps that did not exist yet.
-PRE_SPLIT = [
+PRE_SPLIT: list[tuple[str, str | None]] = [
     ("meters", "0008_event_identifier_binary_batch_brin"),
     ("uploads", "0003_committed_ranges"),
     ("billing", "0001_initial"),
@@ -52,9 +53,10 @@ MOVED = [
 ]
 
 
-def rows_of(model: type) -> list[dict[str, object]]:
-    """Every row of a model's table, column by column (foreign keys as their ids)."""
-    return list(model.objects.order_by("pk").values())  # type: ignore[attr-defined]
+def rows_of(model: type[Any]) -> list[dict[str, object]]:
+    """Every row of a model's table, column by column (foreign keys as their ids). A current
+    model or a historical one (``StateApps.get_model`` is typed ``type[Any]``)."""
+    return list(model.objects.order_by("pk").values())
 
 
 def latest_leaves() -> list[tuple[str, str]]:
@@ -62,16 +64,19 @@ def latest_leaves() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def migrate(transactional_db: None) -> Iterator[Callable[[list], Apps]]:
+def migrate(
+    transactional_db: None,
+) -> Iterator[Callable[[Sequence[tuple[str, str | None]]], StateApps]]:
     """``migrate(targets)`` moves the test database to ``targets`` and returns the historical
-    models of that state. Whatever happens, the database is left at the latest migrations.
+    models of that state (``StateApps``, whose ``get_model`` django-stubs types ``type[Any]``,
+    not as today's models). Whatever happens, the database is left at the latest migrations.
 
     Django's MigrationExecutor, not django-test-migrations: its ``apply_initial_migration``
     rebuilds the database along the full plan cut after the furthest target, and in this
     graph the new apps' first migrations come before ``uploads.0003``, so its "pre-split"
     database would have them applied already."""
 
-    def to(targets: list) -> Apps:
+    def to(targets: Sequence[tuple[str, str | None]]) -> StateApps:
         executor = MigrationExecutor(connection)
         state = executor.migrate(targets)
         return state.apps
@@ -82,7 +87,7 @@ def migrate(transactional_db: None) -> Iterator[Callable[[list], Apps]]:
     ContentType.objects.clear_cache()
 
 
-def pre_split_rows(apps: Apps) -> dict[str, int]:
+def pre_split_rows(apps: StateApps) -> dict[str, int]:
     """A meter, a customer, an upload's batch with events and a rejection, hourly rollups, an
     audit entry, a usage alert, and the content type of Customer with a permission: written
     as the pre-split code wrote them. Returns the primary keys the test checks by name."""
@@ -260,6 +265,7 @@ def test_a_pre_split_database_keeps_its_rows_through_the_split(migrate) -> None:
         Decimal("12345678901235.250001"),
         3,
     )
+    assert rollup.last_event_id is not None
     assert MeterEvent.objects.get(pk=rollup.last_event_id).identifier == "evt-2"
     alert = UsageAlert.objects.get(pk=keys["alert"])
     assert (alert.meter, alert.customer, alert.threshold) == (
