@@ -246,3 +246,60 @@ def test_a_chunk_seen_in_full_is_all_duplicates_without_a_lookup(db) -> None:
         "timestamp_too_far_in_past",
         "archived_meter",
     }
+
+
+def test_blank_identifiers_are_missing_on_both_paths(db) -> None:
+    """A blank identifier is no identifier: each such row gets its own, on both paths (a
+    plain chunk once took the blanks as one identifier, a conflict between the rows)."""
+    MeterFactory(event_name="api_calls")
+    CustomerFactory(external_id="cus_1")
+    rows = [
+        ("api_calls", T, "   ", "cus_1", "5", ""),
+        ("api_calls", T + 60, "   ", "cus_1", "7", ""),
+    ]
+
+    counts, by_columns, report, one_by_one = ingested_both_ways(rows)
+
+    assert (counts.accepted, counts.duplicates, counts.rejected) == (2, 0, 0)
+    assert (report.accepted, report.duplicates, report.rejected) == (2, 0, 0)
+    for events in (by_columns["events"], one_by_one["events"]):
+        assert len(events) == 2
+        assert all(identifier.startswith("evt_") for identifier in events)
+    assert by_columns["rollups"] == one_by_one["rollups"]
+
+
+def test_a_payload_key_with_nul_is_refused_on_both_paths(db) -> None:
+    MeterFactory(event_name="api_calls")
+    CustomerFactory(external_id="cus_1")
+    columns = EventColumns(
+        event_names=["api_calls"],
+        timestamps=[T],
+        identifiers=["k-1"],
+        payload={"stripe_customer_id": ["cus_1"], "value": ["5"], "no\x00te": ["x"]},
+        lines=[2],
+        raws=[{"event_name": "api_calls"}],
+    )
+    batch = event_batch_create(source=EventBatch.Source.CSV)
+    counts = meter_events_ingest_columns(columns=columns, batch=batch, now=NOW)
+    report = meter_events_ingest(
+        events=[columns.event_input(0)],
+        batch=event_batch_create(source=EventBatch.Source.CSV),
+        now=NOW,
+    )
+
+    assert (counts.accepted, counts.duplicates, counts.rejected) == (0, 0, 1)
+    assert report.results[0].code == "invalid_payload"
+    assert EventRejection.objects.get(batch=batch).code == "invalid_payload"
+    assert not MeterEvent.objects.exists()
+
+
+def test_unstripped_names_and_references_are_found_on_both_paths(db) -> None:
+    MeterFactory(event_name="api_calls")
+    CustomerFactory(external_id="cus_1")
+    rows = [(" api_calls ", T, "u-1", " cus_1 ", "5", "")]
+
+    counts, by_columns, report, one_by_one = ingested_both_ways(rows)
+
+    assert (counts.accepted, counts.duplicates, counts.rejected) == (1, 0, 0)
+    assert (report.accepted, report.duplicates, report.rejected) == (1, 0, 0)
+    assert by_columns == one_by_one

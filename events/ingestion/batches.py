@@ -1,0 +1,76 @@
+"""Batches, and the rejections recorded with them as staff see them and error files repeat
+them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+
+from events.ingestion.rules import clean
+from events.ingestion.types import Code, EventInput, RejectionInput
+from events.models import EventBatch, EventRejection
+from meters.models import Meter
+
+
+def event_batch_create(
+    *, source: str, user: AbstractBaseUser | None = None, dry_run: bool = False
+) -> EventBatch:
+    if source not in EventBatch.Source.values:
+        raise ValidationError(f"Unknown event source {source!r}.", code="invalid_source")
+    return EventBatch.objects.create(source=source, user=user, dry_run=dry_run)  # type: ignore[misc]
+
+
+def event_rejections_record(*, batch: EventBatch, rejections: Iterable[RejectionInput]) -> int:
+    rows = [
+        EventRejection(
+            batch=batch,
+            line=item.line,
+            column=item.column[:255],
+            code=item.code,
+            message=item.message,
+            identifier=item.identifier[:255],
+            event_name=item.event_name[:255],
+            customer_ref=item.customer_ref[:255],
+            raw=dict(item.raw or {}),
+        )
+        for item in rejections
+    ]
+    EventRejection.objects.bulk_create(rows, batch_size=1000)
+    return len(rows)
+
+
+def rejection_of(
+    batch: EventBatch, event: EventInput, code: Code, message: str, param: str, meter: Meter | None
+) -> EventRejection:
+    """The stored record of a refused event, as staff see it and the error file repeats it."""
+    customer_ref = clean(event.payload.get(meter.customer_mapping_key)) if meter else ""
+    return EventRejection(
+        batch=batch,
+        line=event.line,
+        column=_storable(param),
+        code=code.value,
+        message=_storable(message),
+        identifier=_storable((event.identifier or "")[:255]),
+        event_name=_storable(clean(event.event_name)[:255]),
+        meter=meter,
+        customer_ref=_storable(customer_ref[:255]),
+        raw=_raw_of(event),
+    )
+
+
+def _storable(text: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL: show it as U+FFFD in stored rejections."""
+    return text.replace("\x00", "\ufffd") if isinstance(text, str) else text
+
+
+def _raw_of(event: EventInput) -> dict[str, Any]:
+    if event.raw is not None:
+        raw = dict(event.raw)
+    else:
+        raw = {"event_name": event.event_name, "identifier": event.identifier or ""}
+        raw["timestamp"] = event.timestamp.isoformat() if event.timestamp else ""
+        raw.update({f"payload[{k}]": v for k, v in event.payload.items()})
+    return {_storable(k): _storable(v) for k, v in raw.items()}
