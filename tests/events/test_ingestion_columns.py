@@ -262,10 +262,10 @@ def test_blank_identifiers_are_missing_on_both_paths(db) -> None:
 
     assert (counts.accepted, counts.duplicates, counts.rejected) == (2, 0, 0)
     assert (report.accepted, report.duplicates, report.rejected) == (2, 0, 0)
-    for events in (by_columns["events"], one_by_one["events"]):
+    for events in (by_columns.events, one_by_one.events):
         assert len(events) == 2
         assert all(identifier.startswith("evt_") for identifier in events)
-    assert by_columns["rollups"] == one_by_one["rollups"]
+    assert by_columns.rollups == one_by_one.rollups
 
 
 def test_a_payload_key_with_nul_is_refused_on_both_paths(db) -> None:
