@@ -10,6 +10,7 @@ paths. Usually every row of a chunk is plain: then the chunk is accepted column 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -106,6 +107,10 @@ class ColumnsIntake:
         self.meters_by_pk = {meter.pk: meter for meter in ctx.meters.values()}
         self.rejections: list[EventRejection] = []
         self.counts = IngestCounts(0, 0, 0, {})
+        # Rows whose identifier an earlier row of the chunk holds: (row index, that row's
+        # position, content). Judged once the store says whether the earlier row was stored
+        # before: a rejected event claims no identifier, so then the stored one decides.
+        self.repeats: list[tuple[int, int, _Row]] = []
         self.accepted = Accepted(
             payload_keys=[JSON.encode(key) + ':"' for key in payload],
             value_columns=list(payload.values()),
@@ -121,22 +126,47 @@ class ColumnsIntake:
         self.counts.rejected += 1
 
     def settle_stored(self, stored: dict[int, StoredRow]) -> None:
-        """Count, or reject as conflicts, the candidates whose identifiers were stored."""
+        """Count, or reject as conflicts, the candidates whose identifiers were stored, then
+        the chunk's repeats of identifiers: against the stored event where there is one,
+        else against the chunk's first row with the identifier."""
         accepted = self.accepted
-        for position, (meter_id, customer_id, timestamp, value) in stored.items():
-            theirs = (meter_id, customer_id, int(timestamp.timestamp()), value)
-            differences = accepted.differences(position, theirs)
-            if differences:
-                identifier = accepted.identifiers[position]
-                self.reject(
-                    accepted.positions[position],
-                    Code.DUPLICATE_CONFLICT,
-                    conflict_message(identifier, differences, stored=True),
-                    "identifier",
-                    self.meters_by_pk[accepted.meter_ids[position]],
-                )
+        for position, stored_row in stored.items():
+            differences = accepted.differences(position, _stored_content(stored_row))
+            meter_pk = accepted.meter_ids[position]
+            self._settle(accepted.positions[position], position, meter_pk, differences, True)
+        for index, position, row in self.repeats:
+            stored_row = stored.get(position)
+            if stored_row is None:
+                differences = accepted.differences(position, row)
             else:
-                self.counts.duplicates += 1
+                differences = content_differences(row, _stored_content(stored_row))
+            self._settle(index, position, row[0], differences, stored_row is not None)
+        self.repeats = []
+
+    def settle_repeats(self, *, stored: bool) -> None:
+        """Judge the chunk's repeats against the first rows with their identifiers, when
+        those are known to equal what is stored (``stored``) or nothing is."""
+        for index, position, row in self.repeats:
+            differences = self.accepted.differences(position, row)
+            self._settle(index, position, row[0], differences, stored)
+        self.repeats = []
+
+    def _settle(
+        self, index: int, position: int, meter_pk: int, differences: list[str], stored: bool
+    ) -> None:
+        """Row ``index`` repeats the identifier of candidate ``position``: a duplicate when
+        nothing differs, else a conflict with the stored event or the earlier row."""
+        if not differences:
+            self.counts.duplicates += 1
+            return
+        identifier = self.accepted.identifiers[position]
+        self.reject(
+            index,
+            Code.DUPLICATE_CONFLICT,
+            conflict_message(identifier, differences, stored=stored),
+            "identifier",
+            self.meters_by_pk[meter_pk],
+        )
 
     def accept(self) -> None:
         if not (self.plain_chunk and self._accept_plain_chunk()):
@@ -154,18 +184,8 @@ class ColumnsIntake:
             earlier = accepted.first_at.get(identifier)
             if earlier is None:
                 accepted.add(index, identifier, row, payload_json)
-                continue
-            differences = accepted.differences(earlier, row)
-            if differences:
-                self.reject(
-                    index,
-                    Code.DUPLICATE_CONFLICT,
-                    conflict_message(identifier, differences, stored=False),
-                    "identifier",
-                    self.meters_by_pk[row[0]],
-                )
             else:
-                self.counts.duplicates += 1
+                self.repeats.append((index, earlier, row))
 
     def _plain_row(self, index: int) -> tuple[str, _Row, str] | None:
         """The row's identifier ("": none), content and payload JSON if it is plain."""
@@ -272,3 +292,9 @@ def _plain_payloads_json(
         parts.append(pc.if_else(pc.equal(values, ""), "", pair))
     joined = pc.utf8_slice_codeunits(pc.binary_join_element_wise(*parts, ""), 1)  # 1st comma
     return pc.binary_join_element_wise("{", joined, "}", "").to_pylist()  # type: ignore[no-any-return]
+
+
+def _stored_content(row: StoredRow) -> tuple[int, int, int, Decimal]:
+    """A stored event's (meter id, customer id, Unix seconds, value), as rows compare."""
+    meter_id, customer_id, timestamp, value = row
+    return meter_id, customer_id, int(timestamp.timestamp()), value

@@ -151,7 +151,7 @@ def _events_ingest(
 ) -> IngestReport:
     now = (now or timezone.now()).astimezone(UTC)
     outcomes = _Outcomes(events, batch)
-    fresh = _first_valid(events, context_load(events, now), outcomes)
+    fresh, repeats = _first_valid(events, context_load(events, now), outcomes)
     with transaction.atomic():
         existing = _stored_write(fresh, batch, now)
         for candidate in fresh:
@@ -160,6 +160,7 @@ def _events_ingest(
                 outcomes.accepted(candidate)
             else:
                 outcomes.repeated(candidate, candidate.differences(*stored_row), stored=True)
+        _repeats_settle(repeats, existing, outcomes)
         EventRejection.objects.bulk_create(outcomes.rejections, batch_size=1000)
         if not batch.dry_run:
             stored = [c for c in fresh if c.index not in existing]
@@ -172,11 +173,12 @@ def _events_ingest(
 
 def _first_valid(
     events: Sequence[EventInput], ctx: Context, outcomes: _Outcomes
-) -> list[Candidate]:
-    """The valid events, each the first with its identifier in the batch; the others get
-    their outcome."""
+) -> tuple[list[Candidate], list[tuple[Candidate, Candidate]]]:
+    """The valid events, each the first with its identifier in the batch, and the repeats:
+    (a later valid event, the first with its identifier). The invalid get their outcome."""
     first_by_identifier: dict[str, Candidate] = {}
     fresh: list[Candidate] = []
+    repeats: list[tuple[Candidate, Candidate]] = []
     for index, event in enumerate(events):
         try:
             candidate = validate(index, event, ctx)
@@ -189,11 +191,27 @@ def _first_valid(
             first_by_identifier[candidate.identifier] = candidate
             fresh.append(candidate)
         else:
-            differences = first.differences(
-                candidate.meter.pk, candidate.customer_id, candidate.timestamp, candidate.value
-            )
-            outcomes.repeated(candidate, differences, stored=False)
-    return fresh
+            repeats.append((candidate, first))
+    return fresh, repeats
+
+
+def _repeats_settle(
+    repeats: list[tuple[Candidate, Candidate]],
+    existing: dict[int, StoredRow],
+    outcomes: _Outcomes,
+) -> None:
+    """Judge each repeat against the stored event when its identifier was stored before (a
+    first event refused as a conflict claims no identifier), else against the batch's first
+    event with the identifier."""
+    for candidate, first in repeats:
+        stored_row = existing.get(first.index)
+        if stored_row is not None:
+            outcomes.repeated(candidate, candidate.differences(*stored_row), stored=True)
+            continue
+        differences = first.differences(
+            candidate.meter.pk, candidate.customer_id, candidate.timestamp, candidate.value
+        )
+        outcomes.repeated(candidate, differences, stored=False)
 
 
 def _stored_write(fresh: list[Candidate], batch: EventBatch, now: datetime) -> dict[int, StoredRow]:
@@ -281,6 +299,7 @@ def _columns_ingest_postgres(
     with transaction.atomic():
         if seen:  # its events all stored before (the same file again): all duplicates
             counts.duplicates += len(intake.accepted.positions)
+            intake.settle_repeats(stored=True)  # each held by an event stored alike
             intake.accepted = Accepted()
         accepted = intake.accepted
         stored = columns_write(accepted, batch, now, columns.lines, ids_in_turn)

@@ -23,7 +23,7 @@ import pytest
 import time_machine
 from django.conf import settings as django_settings
 from django.db import transaction
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events.ingestion import (
@@ -193,19 +193,15 @@ def accepted_value(row: Row, formula: str) -> Decimal | None:
 
 def brute_force(
     formulas: Sequence[str], customers: int, chunks: list[tuple[list[Row], bool]]
-) -> tuple[list[tuple[int, int, int]], list[Expected], bool]:
-    """Per chunk (accepted, duplicates, rejected), the accepted events in receipt order, and
-    whether the inputs meet KNOWN_BUG (see ``test_a_repeat_of_a_conflicting_event_...``)."""
+) -> tuple[list[tuple[int, int, int]], list[Expected]]:
+    """Per chunk (accepted, duplicates, rejected) and the accepted events in receipt order."""
     names = {f"meter_{index}": index for index in range(len(formulas))}
     known = set(REFS[:customers])
     claimed: dict[str, tuple[int, str, int, Decimal]] = {}
     counts: list[tuple[int, int, int]] = []
     accepted: list[Expected] = []
-    known_bug = False
     for chunk, _ in chunks:
         taken = duplicates = refused = 0
-        stored_before = dict(claimed)
-        first_in_chunk: dict[str, tuple[int, str, int, Decimal]] = {}
         for row in chunk:
             meter = names.get(row.event_name)
             value = None if meter is None else accepted_value(row, formulas[meter])
@@ -218,11 +214,6 @@ def brute_force(
                 refused += 1  # a refused event claims no identifier
                 continue
             content = (meter, row.customer_ref, row.timestamp, value)
-            if row.identifier in stored_before:
-                if row.identifier in first_in_chunk:
-                    known_bug |= first_in_chunk[row.identifier] != stored_before[row.identifier]
-                else:
-                    first_in_chunk[row.identifier] = content
             if row.identifier in claimed:
                 if claimed[row.identifier] == content:  # Decimal compares numerically
                     duplicates += 1
@@ -245,7 +236,7 @@ def brute_force(
             )
             taken += 1
         counts.append((taken, duplicates, refused))
-    return counts, accepted, known_bug
+    return counts, accepted
 
 
 def aggregate(events: list[tuple[int, int, Decimal]], formula: str) -> tuple[Decimal, int]:
@@ -276,7 +267,6 @@ def moment(seconds: int) -> datetime:
 @given(scenario=scenarios())
 def test_columnar_chunks_end_as_brute_force_says(db, scenario) -> None:
     formulas, customers, chunks = scenario
-    assume(not brute_force(formulas, customers, chunks)[2])  # KNOWN_BUG: remove when fixed
     # Each example starts clean: everything it writes is rolled back at its end.
     with time_machine.travel(NOW, tick=False), transaction.atomic():
         check_scenario(formulas, customers, chunks)
@@ -292,7 +282,7 @@ def check_scenario(
     ]
     customer_of = {ref: CustomerFactory.create(external_id=ref) for ref in REFS[:customers]}
     batch = event_batch_create(source=EventBatch.Source.CSV)
-    expected_counts, expected, _ = brute_force(formulas, customers, chunks)
+    expected_counts, expected = brute_force(formulas, customers, chunks)
 
     for (chunk, content_addressed), want in zip(chunks, expected_counts, strict=True):
         with transaction.atomic():  # one transaction per chunk, as the upload pipeline does
@@ -410,11 +400,10 @@ def test_brute_force_counts_what_the_rules_say() -> None:
         Row("meter_0", OLDEST - 1, "c", "cus_a", "1", "", Decimal(1)),  # too old
         Row("no_such_meter", at, "d", "cus_a", "1", "", Decimal(1)),
     ]
-    counts, accepted, known_bug = brute_force(
+    counts, accepted = brute_force(
         [Meter.Formula.SUM, Meter.Formula.COUNT], 1, [(rows_[:4], False), (rows_[4:], False)]
     )
     assert counts == [(1, 1, 2), (1, 0, 3)]
-    assert not known_bug
     assert [(e.identifier, e.meter, e.value) for e in accepted] == [
         ("a", 0, Decimal("2.50")),
         ("b", 1, Decimal(1)),
@@ -425,15 +414,9 @@ def test_brute_force_counts_what_the_rules_say() -> None:
     assert aggregate(events, Meter.Formula.COUNT) == (Decimal(3), 3)
 
 
-# KNOWN_BUG. Within a batch, a repeated identifier is compared with the batch's first valid
-# event of that identifier before that event is compared with the stored one. When the first
-# conflicts with the stored event (and is rejected), its repeats are still judged against it:
-# a repeat with the same content is counted a duplicate (no rejection, nothing stored), and a
-# repeat with the stored content is rejected as "used earlier in this batch". The module doc
-# says a rejected event claims no identifier, so both repeats should meet the stored event.
-# Both paths (per event and in columns), both databases. The property above skips inputs
-# that meet this case (``assume``); when this test starts to pass, drop that ``assume``.
-@pytest.mark.xfail(strict=True, reason="KNOWN_BUG: repeats judged against a rejected event")
+# A rejected event claims no identifier: when a batch's first event with an identifier
+# conflicts with the stored one (and is rejected), its repeats in the batch are judged against
+# the stored event, not against it. Both paths (per event and in columns), both databases.
 @pytest.mark.parametrize("path", ["columns", "per_event"])
 @pytest.mark.parametrize(
     ("repeats", "expected"),

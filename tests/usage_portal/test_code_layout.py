@@ -23,7 +23,7 @@ def _functions(path: Path) -> list[tuple[str, int, bool]]:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
             length = (node.end_lineno or node.lineno) - first + 1
-            # An exception is named where it is made: "# noqa: C901  <reason>" on its def.
+            # An exception is named where it is made: a C901 noqa with its reason on the def.
             excused = (
                 "noqa: C901" in lines[node.lineno - 1]
                 and len(lines[node.lineno - 1].split("noqa: C901", 1)[1].strip()) > 3
