@@ -135,12 +135,12 @@ class ColumnsIntake:
             meter_pk = accepted.meter_ids[position]
             self._settle(accepted.positions[position], position, meter_pk, differences, True)
         for index, position, row in self.repeats:
-            stored_row = stored.get(position)
-            if stored_row is None:
+            held = stored.get(position)
+            if held is None:
                 differences = accepted.differences(position, row)
             else:
-                differences = content_differences(row, _stored_content(stored_row))
-            self._settle(index, position, row[0], differences, stored_row is not None)
+                differences = content_differences(row, _stored_content(held))
+            self._settle(index, position, row[0], differences, held is not None)
         self.repeats = []
 
     def settle_repeats(self, *, stored: bool) -> None:
