@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uploads import parsing
@@ -350,6 +350,9 @@ def test_an_overlong_line_inside_a_quoted_value_refuses_its_record() -> None:
     st.integers(min_value=0, max_value=2**64 - 1),
     st.sampled_from([5, 64, 1 << 20]),
 )
+# Files on disk: on a loaded machine one example can take longer than Hypothesis's 200 ms
+# deadline (seen at 283 ms, then 14 ms on the retry), which fails the test as flaky.
+@settings(deadline=None)
 def test_counter_on_disk_answers_as_the_one_in_memory(
     keys: list[int], chunk: int, spread: int, range_size: int
 ) -> None:
