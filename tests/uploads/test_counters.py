@@ -6,7 +6,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uploads.counters import MAX_RUN_KEYS, ExternalCounter, OccurrenceCounter
@@ -38,6 +38,9 @@ def test_occurrence_counter_matches_a_plain_count(
     st.integers(min_value=0, max_value=2**64 - 1),
     st.sampled_from([5, 64, 1 << 20]),
 )
+# Files on disk: on a loaded machine one example can take longer than Hypothesis's 200 ms
+# deadline (seen at 283 ms, then 14 ms on the retry), which fails the test as flaky.
+@settings(deadline=None)
 def test_counter_on_disk_answers_as_the_one_in_memory(
     keys: list[int], chunk: int, spread: int, range_size: int
 ) -> None:
