@@ -16,7 +16,7 @@ from usage_portal.admin import ReadOnlyAdmin
 
 # --- Usage alerts: defined and changed on the portal's alert pages (through the services);
 # the admin shows them, their triggers and delivery attempts read-only.
-class AlertDeliveryAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
+class AlertDeliveryAttemptInline(admin.TabularInline):
     model = AlertDeliveryAttempt
     extra = 0
     can_delete = False

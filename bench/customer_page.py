@@ -123,7 +123,7 @@ def load(events: int) -> None:
     print(f"  {rollups:,} rollup rows; loaded in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def check(customer, meters) -> None:  # type: ignore[no-untyped-def]
+def check(customer, meters) -> None:
     """Rollups equal raw events for this customer, per meter, over the whole 90 days."""
     import datetime as dt
 
@@ -139,7 +139,7 @@ def check(customer, meters) -> None:  # type: ignore[no-untyped-def]
         assert fast == slow, (meter, customer, fast, slow)
 
 
-def build_daily(meters) -> None:  # type: ignore[no-untyped-def]
+def build_daily(meters) -> None:
     """Rebuild the overview's daily rollups through the refresh (as the migration would leave
     it: every day stale), then refresh one day of every meter, and check them."""
     import datetime as dt

@@ -235,7 +235,7 @@ def _run(args: argparse.Namespace) -> None:
     print(f"CANCEL one batch of {cancelled:,} events: {elapsed:.1f} s")
 
 
-def _bench_user():  # type: ignore[no-untyped-def]
+def _bench_user():
     from django.contrib.auth.models import User
 
     user, _ = User.objects.get_or_create(username="bench")
@@ -259,7 +259,7 @@ def _replay(size: int) -> list[EventInput]:
     ]
 
 
-def _sql_fill(extra, sequence, now, span, meters, customers, busiest) -> None:  # type: ignore[no-untyped-def]
+def _sql_fill(extra, sequence, now, span, meters, customers, busiest) -> None:
     from django.db import connection, transaction
 
     from events.ingestion import event_batch_create

@@ -18,7 +18,7 @@ from billing.models import (
 )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -30,7 +30,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(Price)
-class PriceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class PriceAdmin(admin.ModelAdmin):
     list_display = ["price_id", "nickname", "meter", "pricing_model", "currency", "active"]
     list_filter = ["pricing_model", "usage_type", "active", "currency"]
     search_fields = ["price_id", "nickname"]
@@ -53,21 +53,21 @@ class PriceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False  # create prices on the portal's form, which validates them
 
 
-class SubscriptionItemInline(admin.TabularInline):  # type: ignore[type-arg]
+class SubscriptionItemInline(admin.TabularInline):
     model = SubscriptionItem
     extra = 0
     raw_id_fields = ["price"]
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class SubscriptionAdmin(admin.ModelAdmin):
     list_display = ["subscription_id", "customer", "interval", "interval_count", "ends_at"]
     search_fields = ["subscription_id", "customer__external_id"]
     raw_id_fields = ["customer", "created_by"]
     inlines = [SubscriptionItemInline]
 
 
-class InvoiceLineInline(admin.TabularInline):  # type: ignore[type-arg]
+class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
@@ -86,7 +86,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
 
 @admin.register(CreditGrant)
-class CreditGrantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class CreditGrantAdmin(admin.ModelAdmin):
     list_display = ["grant_id", "customer", "amount", "currency", "priority", "category"]
     search_fields = ["grant_id", "customer__external_id", "name"]
     raw_id_fields = ["customer", "created_by"]

@@ -16,7 +16,7 @@ from usage_portal.admin import ReadOnlyAdmin, staff_user
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class CustomerAdmin(admin.ModelAdmin):
     list_display = ("external_id", "name", "email", "created")
     search_fields = ("external_id", "name", "email")
     readonly_fields = ("created",)

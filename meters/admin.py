@@ -16,7 +16,7 @@ from usage_portal.admin import ReadOnlyAdmin, staff_user
 
 
 @admin.register(Meter)
-class MeterAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class MeterAdmin(admin.ModelAdmin):
     list_display = ("display_name", "event_name", "aggregation_formula", "status", "meter_id")
     list_filter = ("status", "aggregation_formula", "event_time_window")
     search_fields = ("display_name", "event_name", "meter_id")

@@ -6,7 +6,7 @@ from uploads.models import Upload
 
 
 @admin.register(Upload)
-class UploadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class UploadAdmin(admin.ModelAdmin):
     list_display = (
         "pk",
         "original_name",

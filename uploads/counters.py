@@ -72,7 +72,7 @@ class OccurrenceCounter:
                 del last
                 self._runs[-1] = merged
                 merged.sort()
-        return occurrences.tolist()  # type: ignore[no-any-return]
+        return occurrences.tolist()
 
 
 def _equal_runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +147,7 @@ class ExternalCounter:
             positions, ranks = self._repeats_in(block)
             low, high = np.searchsorted(positions, [start, end])
             occurrences[positions[low:high].astype(np.int64) - start] = ranks[low:high]
-        return occurrences.tolist()  # type: ignore[no-any-return]
+        return occurrences.tolist()
 
     def _repeats_in(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions, ranks) of the repeated keys in one position range, by position."""

@@ -95,7 +95,7 @@ class Inspection:
 # --- Bytes to lines ---------------------------------------------------------------------------
 def open_decompressed(binary: IO[bytes]) -> IO[bytes]:
     """The file's content, gunzipped when it is gzip (by its magic bytes, not its name)."""
-    buffered = binary if isinstance(binary, io.BufferedReader) else io.BufferedReader(binary)  # type: ignore[arg-type, type-var]
+    buffered = binary if isinstance(binary, io.BufferedReader) else io.BufferedReader(binary)  # type: ignore[type-var]
     if buffered.peek(2)[:2] == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
     return buffered

@@ -358,8 +358,8 @@ def _unix_seconds_or_none(texts: list[str]) -> list[int | None]:
     column = pa.array(texts, type=pa.string())
     usual = pc.match_substring_regex(column, r"^[0-9]{1,11}$")
     if pc.all(usual).as_py() is not False:
-        return column.cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
-    return pc.if_else(usual, column, None).cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
+        return column.cast(pa.int64()).to_pylist()
+    return pc.if_else(usual, column, None).cast(pa.int64()).to_pylist()
 
 
 _PLAIN_NORMAL = r"^(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$"  # already as normalized_value makes it

@@ -132,7 +132,7 @@ def upload_cancel(*, upload: Upload, user: User) -> Upload:
         )
     now = timezone.now()
     upload.cancel_requested_at = now
-    upload.cancel_requested_by = user  # type: ignore[assignment]
+    upload.cancel_requested_by = user
     fields = ["cancel_requested_at", "cancel_requested_by"]
     old_status = upload.status
     if upload.status == Upload.Status.QUEUED:
@@ -164,7 +164,7 @@ def upload_revert_request(*, upload: Upload, user: User) -> Upload:
         )
         raise ValidationError(reason, code="not_revertible")
     upload.revert_requested_at = timezone.now()
-    upload.revert_requested_by = user  # type: ignore[assignment]
+    upload.revert_requested_by = user
     upload.save(update_fields=["revert_requested_at", "revert_requested_by"])
     transaction.on_commit(lambda: upload_revert_enqueue(upload=upload))
     return upload

@@ -15,7 +15,7 @@ def staff_user(request: HttpRequest) -> User | None:
     return request.user if isinstance(request.user, User) else None
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

@@ -9,7 +9,7 @@ from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 
-class ExactDecimalField(models.Field):  # type: ignore[type-arg]
+class ExactDecimalField(models.Field):
     """A Decimal stored exactly, with no fixed scale.
 
     PostgreSQL stores it as unconstrained ``numeric``. SQLite has no exact decimal type

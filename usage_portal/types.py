@@ -9,4 +9,4 @@ class HtmxHttpRequest(HttpRequest):
     """A request that went through django-htmx's middleware and the login middleware."""
 
     htmx: HtmxDetails
-    user: User  # type: ignore[assignment]
+    user: User

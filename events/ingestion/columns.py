@@ -74,7 +74,7 @@ class Accepted:
             self.timestamps[position],
             self.values[position],
         )
-        return content_differences(mine, theirs)  # type: ignore[arg-type]
+        return content_differences(mine, theirs)
 
     def payloads_fill(self, positions: list[int]) -> None:
         """Make the payload JSON of those ``positions`` that have none yet."""
@@ -291,7 +291,7 @@ def _plain_payloads_json(
         pair = pc.binary_join_element_wise("," + key, values, '"', "")  # each with its comma
         parts.append(pc.if_else(pc.equal(values, ""), "", pair))
     joined = pc.utf8_slice_codeunits(pc.binary_join_element_wise(*parts, ""), 1)  # 1st comma
-    return pc.binary_join_element_wise("{", joined, "}", "").to_pylist()  # type: ignore[no-any-return]
+    return pc.binary_join_element_wise("{", joined, "}", "").to_pylist()
 
 
 def _stored_content(row: StoredRow) -> tuple[int, int, int, Decimal]:

@@ -69,5 +69,5 @@ def stored_by_identifier(identifiers: Sequence[str]) -> dict[str, StoredRow]:
         for identifier, *row in MeterEvent.objects.filter(identifier__in=chunk).values_list(
             "identifier", "meter_id", "customer_id", "timestamp", "value"
         ):
-            stored[identifier] = tuple(row)  # type: ignore[assignment]
+            stored[identifier] = tuple(row)
     return stored

@@ -234,7 +234,7 @@ def test_ingestion_schedules_evaluation_after_commit_and_not_for_dry_runs(
     assert report.accepted == 1 and len(alert_callbacks(callbacks)) == 2
 
 
-def alert_callbacks(callbacks):  # type: ignore[no-untyped-def]
+def alert_callbacks(callbacks):
     """Ingestion also schedules the meter overview's daily-rollup refresh after commit."""
     return [c for c in callbacks if c is not usage_days_refresh_enqueue]
 

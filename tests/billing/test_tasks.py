@@ -18,7 +18,7 @@ from tests.factories import CustomerFactory, MeterFactory
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def test_worker_opens_and_finalizes_invoices(celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_worker_opens_and_finalizes_invoices(celery_worker) -> None:
     meter = MeterFactory.create()
     customer = CustomerFactory.create()
     price = services.price_create(

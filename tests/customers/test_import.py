@@ -16,7 +16,7 @@ from usage_portal.models import AuditEntry
 pytestmark = pytest.mark.django_db
 
 
-def _import(user: User, text: str | bytes):  # type: ignore[no-untyped-def]
+def _import(user: User, text: str | bytes):
     data = text.encode() if isinstance(text, str) else text
     return customers_import_csv(actor=user, data=data)
 

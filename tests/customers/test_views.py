@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 HTMX: dict[str, Any] = {"HTTP_HX_REQUEST": "true"}  # typed as Client.get/post **extra
 
 
-def _ids(response) -> list[str]:  # type: ignore[no-untyped-def]
+def _ids(response) -> list[str]:
     return [customer.external_id for customer in response.context["page"].items]
 
 

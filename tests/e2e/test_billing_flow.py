@@ -15,7 +15,7 @@ from usage_portal.roles import Role
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_admin_creates_a_tiered_price_and_sees_the_estimate(page) -> None:  # type: ignore[no-untyped-def]
+def test_admin_creates_a_tiered_price_and_sees_the_estimate(page) -> None:
     UserFactory.create(username="ada-admin", role=Role.ADMIN)
     meter = MeterFactory.create(display_name="API calls", event_name="api_call")
     customer = CustomerFactory.create(external_id="cus_e2e", name="Acme")

@@ -22,11 +22,11 @@ def number(text: str) -> Decimal:
     return Decimal(text.strip().replace(",", ""))
 
 
-def column_sum(page, selector: str) -> Decimal:  # type: ignore[no-untyped-def]
+def column_sum(page, selector: str) -> Decimal:
     return sum((number(text) for text in page.locator(selector).all_inner_texts()), Decimal(0))
 
 
-def test_support_follows_a_number_down_to_its_events(page) -> None:  # type: ignore[no-untyped-def]
+def test_support_follows_a_number_down_to_its_events(page) -> None:
     support = UserFactory.create(username="sam-support", role=Role.SUPPORT)
     meter = MeterFactory.create(display_name="API calls")
     CustomerFactory.create(external_id="cus_acme", name="Acme")

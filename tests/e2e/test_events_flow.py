@@ -13,7 +13,7 @@ from usage_portal.roles import Role
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_finance_user_enters_usage_and_finds_it_in_the_explorer(page) -> None:  # type: ignore[no-untyped-def]
+def test_finance_user_enters_usage_and_finds_it_in_the_explorer(page) -> None:
     UserFactory.create(username="fay-finance", role=Role.FINANCE)
     meter = MeterFactory.create(display_name="Search API calls", event_name="search_api")
     CustomerFactory.create(external_id="cus_acme", name="Acme Rockets")

@@ -16,12 +16,12 @@ from usage_portal.roles import Role
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_admin_creates_deactivates_and_reactivates_a_meter(page) -> None:  # type: ignore[no-untyped-def]
+def test_admin_creates_deactivates_and_reactivates_a_meter(page) -> None:
     UserFactory.create(username="ada-admin", role=Role.ADMIN)
     MeterFactory.create(display_name="Existing storage", event_name="storage")
     dialogs: list[str] = []
 
-    def accept(dialog) -> None:  # type: ignore[no-untyped-def]
+    def accept(dialog) -> None:
         dialogs.append(dialog.message)
         dialog.accept()
 
@@ -77,7 +77,7 @@ def test_admin_creates_deactivates_and_reactivates_a_meter(page) -> None:  # typ
     assert actions == ["create", "deactivate", "reactivate"]
 
 
-def test_dismissing_the_confirmation_changes_nothing(page) -> None:  # type: ignore[no-untyped-def]
+def test_dismissing_the_confirmation_changes_nothing(page) -> None:
     UserFactory.create(username="ada-admin", role=Role.ADMIN)
     meter = MeterFactory.create(display_name="Keep me")
     page.on("dialog", lambda dialog: dialog.dismiss())

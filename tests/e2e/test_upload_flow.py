@@ -25,7 +25,7 @@ def meter_sum(meter: Meter) -> Decimal:
     return sum(values, Decimal(0))
 
 
-def test_upload_fix_and_reupload(page, celery_worker) -> None:  # type: ignore[no-untyped-def]
+def test_upload_fix_and_reupload(page, celery_worker) -> None:
     meter = MeterFactory.create(event_name="api_calls", display_name="API calls")
     CustomerFactory.create(external_id="cus_1")
     UserFactory.create(username="fiona-finance", role=Role.FINANCE)

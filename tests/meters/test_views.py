@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 HTMX: dict[str, Any] = {"HTTP_HX_REQUEST": "true"}  # typed as Client.get/post **extra
 
 
-def _names(response) -> list[str]:  # type: ignore[no-untyped-def]
+def _names(response) -> list[str]:
     return [meter.display_name for meter in response.context["page"].items]
 
 

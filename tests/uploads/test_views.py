@@ -68,7 +68,7 @@ def test_over_the_limit_fails_at_once_without_storing(finance_client: Client, se
     assert not upload.file
 
 
-def _file(content: bytes):  # type: ignore[no-untyped-def]
+def _file(content: bytes):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile("usage.csv", content, "text/csv")

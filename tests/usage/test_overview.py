@@ -110,7 +110,7 @@ def aggregate(meter: Meter, events: list[MeterEvent]) -> Decimal:
     return sum((event.value for event in events), Decimal(0))
 
 
-def from_raw_events(meter: Meter, start: datetime, end: datetime, grouping: str):  # type: ignore[no-untyped-def]
+def from_raw_events(meter: Meter, start: datetime, end: datetime, grouping: str):
     """(buckets as (start, value, count), top customers as (pk, value, count)), the slow
     obvious way: every customer's counted events, per window and over the range."""
     step = HOUR if grouping == Grouping.HOUR else DAY
@@ -134,7 +134,7 @@ def from_raw_events(meter: Meter, start: datetime, end: datetime, grouping: str)
     return buckets, top
 
 
-def overview(meter: Meter, start: datetime, end: datetime, grouping: str, *, from_hourly: bool):  # type: ignore[no-untyped-def]
+def overview(meter: Meter, start: datetime, end: datetime, grouping: str, *, from_hourly: bool):
     buckets = meter_usage_over_time(
         meter=meter, start=start, end=end, grouping=grouping, from_hourly=from_hourly
     )
