@@ -13,7 +13,6 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from alerts import selectors as alerts_selectors
 from alerts.models import UsageAlert
-from alerts.selectors import alert_triggers
 from alerts.services import usage_alert_create, usage_alert_status_set
 from customers.models import Customer
 from meters.models import Meter
@@ -90,7 +89,7 @@ def alert_list(request: HtmxHttpRequest) -> HttpResponse:
         "page": page,
         "status": status if status in UsageAlert.Status.values else "",
         "statuses": UsageAlert.Status.choices,
-        "triggers": alert_triggers()[:50],
+        "triggers": alerts_selectors.alert_triggers()[:50],
     }
     return render(request, "alerts/alert_list.html", context)
 
@@ -115,7 +114,7 @@ def alert_create(request: HtmxHttpRequest) -> HttpResponse:
 @role_required(Role.SUPPORT)
 def alert_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     alert = get_object_or_404(UsageAlert.objects.select_related("meter", "customer"), pk=pk)
-    triggers = list(alert_triggers(alert=alert)[:200].prefetch_related("attempts"))
+    triggers = list(alerts_selectors.alert_triggers(alert=alert)[:200].prefetch_related("attempts"))
     context = {
         "nav": "alerts",
         "alert": alert,

@@ -26,7 +26,8 @@ class UsageChange:
     days: frozenset[tuple[int, dt.date]]
 
 
-def _utc_date(moment: dt.datetime | dt.date) -> dt.date:
+def utc_date(moment: dt.datetime | dt.date) -> dt.date:
+    """The UTC calendar day of a moment (a date stays as it is)."""
     if isinstance(moment, dt.datetime):
         return moment.astimezone(dt.UTC).date()
     return moment
@@ -40,7 +41,7 @@ def usage_changed_announce(
     """Send ``usage_changed`` for what a transaction changed; nothing when it changed nothing."""
     change = UsageChange(
         pairs=frozenset(pairs),
-        days=frozenset((meter_id, _utc_date(moment)) for meter_id, moment in days),
+        days=frozenset((meter_id, utc_date(moment)) for meter_id, moment in days),
     )
     if not change.pairs and not change.days:
         return None

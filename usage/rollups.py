@@ -52,6 +52,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from events.models import UsageRollup
+from events.signals import utc_date
 from usage.models import MeterDailyRollup, MeterMonthlyRollup, MeterUsageTotal, StaleUsageDay
 from usage.summaries import UsageAccumulator, last_by_time_sql
 
@@ -59,12 +60,6 @@ from usage.summaries import UsageAccumulator, last_by_time_sql
 _REFRESH_LOCK = 0x6D7472646179
 _DAY = dt.timedelta(days=1)
 REFRESH_CHUNK = 500  # markers per refresh transaction
-
-
-def _utc_date(moment: dt.datetime | dt.date) -> dt.date:
-    if isinstance(moment, dt.datetime):
-        return moment.astimezone(dt.UTC).date()
-    return moment
 
 
 def day_start(day: dt.date) -> dt.datetime:
@@ -75,7 +70,7 @@ def usage_days_mark_stale(*, keys: Iterable[tuple[int, dt.datetime | dt.date]]) 
     """Record that the hourly rollups of these (meter pk, time or UTC date) keys changed in
     the current transaction, and refresh their days once it commits. Returns the number of
     (meter, day) keys marked."""
-    days = sorted({(meter_id, _utc_date(moment)) for meter_id, moment in keys})
+    days = sorted({(meter_id, utc_date(moment)) for meter_id, moment in keys})
     if not days:
         return 0
     StaleUsageDay.objects.bulk_create(
