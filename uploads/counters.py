@@ -6,7 +6,7 @@ remember its keys (``ExternalCounter``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -107,9 +107,11 @@ class ExternalCounter:
         self._loaded: tuple[int, tuple[np.ndarray, np.ndarray]] = (-1, (np.empty(0), np.empty(0)))
         self.recorder = _KeyRecorder(self)
 
-    def finish(self) -> None:
-        """After the extra pass: number the repeats, file them by position range."""
+    def finish(self, *, pulse: Callable[[], None] = lambda: None) -> None:
+        """After the extra pass: number the repeats, file them by position range. ``pulse``
+        is called before each bucket (a job's heartbeat, see ``uploads.pulse``)."""
         for path in self._buckets:
+            pulse()
             if not path.exists():
                 continue
             pairs = np.fromfile(path, dtype=np.uint64).reshape(-1, 2)

@@ -19,3 +19,8 @@ def chunk_rows() -> int:
 
 def max_line_bytes() -> int:
     return setting("USAGE_UPLOAD_MAX_LINE_BYTES", 1024 * 1024)
+
+
+def max_columns() -> int:
+    """The most columns a file's header may name; a wider file fails at once."""
+    return setting("USAGE_UPLOAD_MAX_COLUMNS", 10_000)

@@ -138,6 +138,18 @@ class Upload(models.Model):
         return self.is_active and self.cancel_requested_at is None
 
     @property
+    def can_import_rest(self) -> bool:
+        """A cancelled import with rows not yet committed, which "Import the rest" brings in
+        (into this upload), and not reverted or being reverted."""
+        return (
+            self.status == self.Status.CANCELLED
+            and not self.validate_only
+            and self.revert_requested_at is None
+            and bool(self.file)
+            and (self.rows_total is None or self.records_committed < self.rows_total)
+        )
+
+    @property
     def is_revertible(self) -> bool:
         """A finished import that brought in events and was not reverted yet."""
         return (

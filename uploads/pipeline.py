@@ -13,7 +13,9 @@
    committed, so nothing is counted twice. Writer threads (``uploads.writers``) commit
    chunks while the next is built.
 
-Cancellation is honoured between chunks; what was committed stays (revert undoes it).
+Cancellation is heard within a second in every pass (``uploads.pulse``) and stops the
+chunks being written at once (rolled back); what was committed stays (revert undoes it,
+"Import the rest" imports the rest into the same upload).
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from events.ingestion import (
 from events.models import EventBatch
 from meters.models import Meter
 from uploads.counters import Counter, ExternalCounter
-from uploads.limits import chunk_rows, max_line_bytes, max_upload_bytes, setting
+from uploads.limits import chunk_rows, max_columns, max_line_bytes, max_upload_bytes, setting
 from uploads.models import Upload
+from uploads.pulse import CancelRequested, Pulse, RunSuperseded, run_check
 from uploads.reading import (
     IDENTIFIER_COLUMN,
     FileProblem,
@@ -55,6 +58,7 @@ from uploads.reading import (
     header_problems,
     header_read,
     inspect,
+    meter_columns_missing,
     open_decompressed,
     records,
     text_lines,
@@ -63,10 +67,6 @@ from uploads.rows import BuiltChunk, ParsedRow, RowBuilder
 from uploads.writers import ChunkWriters, Turnstile
 
 logger = logging.getLogger(__name__)
-
-
-class RunSuperseded(Exception):
-    """Another run owns the job now (or it ended); this one stops without writing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,23 +153,26 @@ def upload_process(*, upload_id: int) -> None:
         return
     upload, token = claim.upload, claim.token
     try:
-        _process(upload, token)
+        _process(upload, token, Pulse(upload_id, token))
+    except CancelRequested:
+        _cancelled(upload_id, token)
     except RunSuperseded:
         logger.info("Upload %s: a newer run took over or the job ended; stopping.", upload_id)
 
 
-def _process(upload: Upload, token: str) -> None:
+def _process(upload: Upload, token: str, pulse: Pulse) -> None:
     meters = _meter_keys()
     if not upload.file or not upload.file.storage.exists(upload.file.name or ""):
         _fail(upload.pk, token, "The stored file is missing, so it cannot be read.")
         return
-    validated = _validate(upload, token, meters)
+    validated = _validate(upload, token, meters, pulse)
     if validated is None:
         return
     upload, header = validated
     try:
-        with _occurrence_counter(upload, header, meters) as occurrences:
-            completed = _import(upload, token, RowBuilder(header, meters, occurrences))
+        with _occurrence_counter(upload, header, meters, pulse) as occurrences:
+            builder = RowBuilder(header, meters, occurrences)
+            completed = _import(upload, token, builder, pulse)
     except FileProblem as error:
         # The first pass read the same bytes, so only a file changed underneath gets here.
         _fail(upload.pk, token, error.reason)
@@ -187,6 +190,16 @@ def _succeed(upload_id: int, token: str) -> None:
         _finish(upload, status, now=timezone.now())
 
 
+def _cancelled(upload_id: int, token: str) -> None:
+    """End a run whose job was cancelled (unless it ended already)."""
+    with transaction.atomic():
+        try:
+            upload = _locked_owned(upload_id, token)
+        except RunSuperseded:
+            return
+        _finish(upload, Upload.Status.CANCELLED, now=timezone.now())
+
+
 def _fail(upload_id: int, token: str, reason: str) -> None:
     with transaction.atomic():
         upload = _locked_owned(upload_id, token)
@@ -194,15 +207,21 @@ def _fail(upload_id: int, token: str, reason: str) -> None:
 
 
 def _validate(
-    upload: Upload, token: str, meters: dict[str, MeterKeys]
+    upload: Upload, token: str, meters: dict[str, MeterKeys], pulse: Pulse
 ) -> tuple[Upload, list[str]] | None:
     """Pass 1: the whole file read before anything is imported. The upload (as now saved,
-    with its header and record count) and its header; None when it failed."""
+    with its header and record count) and its header; None when it failed. A meter whose
+    columns the file lacks fails only its own rows (``RowBuilder``); the whole file fails
+    when no meter's rows could import."""
     binary, lines = _open_lines(upload)
     try:
-        inspection = inspect(lines, max_line_bytes=max_line_bytes())
+        inspection = inspect(
+            lines, max_line_bytes=max_line_bytes(), max_columns=max_columns(), pulse=pulse
+        )
         used = [meters[name] for name in inspection.event_names if name in meters]
-        problem = header_problems(inspection.header, [meter for meter in used if meter.active])
+        active = [meter for meter in used if meter.active]
+        missing = meter_columns_missing(inspection.header, active)
+        problem = header_problems(inspection.header, active if len(missing) == len(active) else [])
     except FileProblem as error:
         problem = error.reason
         inspection = None
@@ -224,7 +243,7 @@ def _validate(
 
 @contextmanager
 def _occurrence_counter(
-    upload: Upload, header: list[str], meters: dict[str, MeterKeys]
+    upload: Upload, header: list[str], meters: dict[str, MeterKeys], pulse: Pulse
 ) -> Iterator[Counter | None]:
     """The identical-row counter for the import: None (the row builder's own, in memory),
     or for a file too large for its memory one worked out on disk, in a scratch folder that
@@ -233,21 +252,24 @@ def _occurrence_counter(
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="upload-counts-") as scratch:
-        yield _occurrences_counted_on_disk(upload, header, meters, Path(scratch))
+        yield _occurrences_counted_on_disk(upload, header, meters, Path(scratch), pulse)
 
 
-def _import(upload: Upload, token: str, builder: RowBuilder) -> bool:
+def _import(upload: Upload, token: str, builder: RowBuilder, pulse: Pulse) -> bool:
     """Pass 2: import chunk by chunk. Records an earlier run committed are read again only to
-    keep the identical-row counts right. False: the run stopped (cancelled or superseded)."""
+    keep the identical-row counts right. False: the run stopped (cancelled or superseded).
+    ``pulse`` raises ``CancelRequested`` within a second of a cancellation; the writers then
+    stop at once, their chunks in progress rolled back (``ChunkWriters.__exit__``)."""
     committed = sorted((low, high) for low, high in upload.committed_ranges)
     position = 0
     # The chunks' many short-lived objects die by reference counting; see gc_paused.
     with (
         _data_records(upload) as record_iter,
         gc_paused(),
-        _chunk_writers(upload.pk, token, upload.batch) as writers,
+        _chunk_writers(upload.pk, token, upload.batch, pulse) as writers,
     ):
         for number, chunk in enumerate(chunked(record_iter, chunk_rows())):
+            pulse()
             for start, part, done in _parts(position, chunk, committed):
                 if not done and not writers.reserve():
                     return False
@@ -288,7 +310,7 @@ class _InlineWriter:
 
 
 def _chunk_writers(
-    upload_id: int, token: str, batch: EventBatch
+    upload_id: int, token: str, batch: EventBatch, pulse: Pulse
 ) -> ChunkWriters[tuple[int, BuiltChunk]] | _InlineWriter:
     """What commits the built chunks: writer threads, which take the ingestion core's
     identifier section in chunk order (``Turnstile``), or the job's own thread."""
@@ -311,7 +333,7 @@ def _chunk_writers(
         finally:
             turnstile.done(number)
 
-    return ChunkWriters(write, threads=threads)
+    return ChunkWriters(write, threads=threads, idle=pulse)
 
 
 def _rejection_of(row: ParsedRow) -> RejectionInput:
@@ -328,7 +350,7 @@ def _rejection_of(row: ParsedRow) -> RejectionInput:
 
 
 def _occurrences_counted_on_disk(
-    upload: Upload, header: list[str], meters: dict[str, MeterKeys], folder: Path
+    upload: Upload, header: list[str], meters: dict[str, MeterKeys], folder: Path, pulse: Pulse
 ) -> ExternalCounter:
     """An extra pass that builds every chunk as the import will, recording the identical-row
     keys on disk; returns the counter that then answers the import's counts."""
@@ -336,8 +358,9 @@ def _occurrences_counted_on_disk(
     recording = RowBuilder(header, meters, counter.recorder)
     with _data_records(upload) as record_iter, gc_paused():
         for chunk in chunked(record_iter, chunk_rows()):
+            pulse()
             recording.build_columns(chunk)
-    counter.finish()
+    counter.finish(pulse=pulse)
     return counter
 
 
@@ -386,10 +409,6 @@ def _ranges_merged(ranges: list[list[int]], start: int, end: int) -> list[list[i
     return merged
 
 
-class _CancelRequested(Exception):
-    pass
-
-
 def _commit_chunk(
     upload_id: int,
     token: str,
@@ -404,7 +423,7 @@ def _commit_chunk(
     try:
         with transaction.atomic():
             _commit_without_waiting_for_the_flush()
-            _check_owned(upload_id, token)  # unlocked: saves the work of a stopped job
+            run_check(upload_id, token)  # unlocked: saves the work of a stopped job
             parse_failures = [_rejection_of(row) for row in built.errors]
             if parse_failures:
                 event_rejections_record(batch=batch, rejections=parse_failures)
@@ -421,10 +440,8 @@ def _commit_chunk(
                 report=report,
                 parse_failures=len(parse_failures),
             )
-    except _CancelRequested:
-        with transaction.atomic():
-            upload = _locked_owned(upload_id, token)
-            _finish(upload, Upload.Status.CANCELLED, now=timezone.now())
+    except CancelRequested:
+        _cancelled(upload_id, token)
         return False
     return True
 
@@ -455,7 +472,7 @@ def _progress_add(
     # moment their progress takes. The decisive ownership check is this one.
     upload = _locked_owned(upload_id, token)
     if upload.cancel_requested_at is not None:
-        raise _CancelRequested
+        raise CancelRequested
     ranges = _ranges_merged(upload.committed_ranges, start, start + built.records)
     if ranges is None:
         raise RunSuperseded  # committed already: only another run can have done it
@@ -486,16 +503,3 @@ def _progress_add(
             "heartbeat_at",
         ]
     )
-
-
-def _check_owned(upload_id: int, token: str) -> None:
-    """RunSuperseded or _CancelRequested as ``_locked_owned`` would, without the lock."""
-    state = (
-        Upload.objects.filter(pk=upload_id)
-        .values("run_token", "finished_at", "cancel_requested_at")
-        .first()
-    )
-    if state is None or state["run_token"] != token or state["finished_at"] is not None:
-        raise RunSuperseded
-    if state["cancel_requested_at"] is not None:
-        raise _CancelRequested

@@ -31,7 +31,7 @@ import csv
 import gzip
 import io
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import IO, NamedTuple
@@ -336,26 +336,73 @@ def header_problems(header: list[str], meters_used: Iterable[MeterKeys]) -> str:
             f"header naming the columns, such as "
             f"timestamp,event_name,payload_stripe_customer_id,payload_value."
         )
-    needs: list[str] = []
-    for meter in sorted(meters_used, key=lambda m: m.event_name):
-        wanted = [meter.customer_column] + ([meter.value_column] if meter.needs_value else [])
-        absent = [name for name in wanted if name not in seen]
-        if absent:
-            needs.append(
-                f"{', '.join(absent)} (for meter “{meter.display_name}”, event name "
-                f"{meter.event_name})"
-            )
+    missing = meter_columns_missing(header, meters_used)
+    needs = [
+        f"{', '.join(missing[meter.event_name])} (for meter “{meter.display_name}”, event name "
+        f"{meter.event_name})"
+        for meter in sorted(meters_used, key=lambda m: m.event_name)
+        if meter.event_name in missing
+    ]
     if needs:
         return f"Required columns missing: {'; '.join(needs)}."
     return ""
 
 
-def inspect(lines: Iterable[str], *, max_line_bytes: int) -> Inspection:
+def meter_columns_missing(
+    header: Iterable[str], meters: Iterable[MeterKeys]
+) -> dict[str, list[str]]:
+    """The columns each meter's rows need that the header lacks, by event name (only the
+    meters that lack some)."""
+    present = set(header)
+    missing: dict[str, list[str]] = {}
+    for meter in meters:
+        wanted = [meter.customer_column] + ([meter.value_column] if meter.needs_value else [])
+        if absent := [name for name in wanted if name not in present]:
+            missing[meter.event_name] = absent
+    return missing
+
+
+def meter_columns_missing_error(meter: MeterKeys, absent: list[str]) -> RowError:
+    """The error of a row whose meter needs columns the file lacks (the other meters' rows
+    of the file import)."""
+    what = {meter.customer_column: "the customer ID", meter.value_column: "the value"}
+    needs = " and ".join(f"{name} ({what[name]})" for name in absent)
+    return RowError(
+        "column_missing",
+        f"This file has no {needs} column, which rows of meter “{meter.display_name}” "
+        f"(event name {meter.event_name}) need. Add the column with each row's "
+        f"{' and '.join(what[name] for name in absent)}, and upload the rows again.",
+        absent[0],
+    )
+
+
+def columns_over_limit(header: list[str], max_columns: int) -> str:
+    """Why a header is too wide ("" when it is not)."""
+    if len(header) <= max_columns:
+        return ""
+    return (
+        f"The header has {len(header):,} columns; at most {max_columns:,} are accepted. Keep "
+        f"only the columns the import reads (timestamp, event_name, identifier and the "
+        f"payload_ columns your meters use), delete the others, and upload the file again."
+    )
+
+
+def inspect(
+    lines: Iterable[str],
+    *,
+    max_line_bytes: int,
+    max_columns: int | None = None,
+    pulse: Callable[[], None] = lambda: None,
+) -> Inspection:
     """A first pass over the whole file: it decodes (so bad text fails before anything is
-    imported), reads the header, counts the records and lists the event names used."""
+    imported), reads the header, counts the records and lists the event names used.
+    ``pulse`` is called every few hundred records (a job's heartbeat, see ``uploads.pulse``).
+    """
     lines = iter(lines)  # one position, shared by the header's reader and the counting one
     record_iter = records(lines, max_line_bytes=max_line_bytes)
     header = header_read(record_iter)
+    if max_columns is not None and (problem := columns_over_limit(header, max_columns)):
+        raise FileProblem(problem)  # at once: before reading a wide file's rows
     if problem := header_problems(header, []):
         raise FileProblem(problem)  # no header at all, most likely: say so before reading on
     inspection = Inspection(header=header)
@@ -373,6 +420,8 @@ def inspect(lines: Iterable[str], *, max_line_bytes: int) -> Inspection:
                 if len(fields) < 2 and (not fields or not fields[0].strip()):
                     continue
                 counted += 1
+                if not counted & 255:
+                    pulse()
                 if len(fields) > event_index and len(raw_names) < 10_000:
                     raw_names.add(fields[event_index])
             break

@@ -30,6 +30,8 @@ from uploads.reading import (
     MeterKeys,
     Record,
     RowError,
+    meter_columns_missing,
+    meter_columns_missing_error,
     unescape_cell,
 )
 
@@ -43,17 +45,22 @@ class RawRow(Mapping[str, str]):
     """A record's original values by column, built into a dict only when needed (for a
     rejection): most rows are imported and never need it."""
 
-    __slots__ = ("_fields", "_header")
+    __slots__ = ("_fields", "_header", "_positions")
 
-    def __init__(self, header: list[str], fields: list[str]) -> None:
+    def __init__(
+        self, header: list[str], fields: list[str], positions: Mapping[str, int] | None = None
+    ) -> None:
         self._header = header
         self._fields = fields
+        # Each column's position, shared by a chunk's rows: a look-up by name takes the same
+        # time however wide the file is (``header.index`` made a wide file's rejected rows
+        # quadratic in its column count).
+        self._positions = column_positions(header) if positions is None else positions
 
     def __getitem__(self, key: str) -> str:
         try:
-            index = self._header.index(key)
-            return self._fields[index]
-        except (ValueError, IndexError):
+            return self._fields[self._positions[key]]
+        except (KeyError, IndexError):
             raise KeyError(key) from None
 
     def __iter__(self) -> Iterator[str]:
@@ -61,6 +68,14 @@ class RawRow(Mapping[str, str]):
 
     def __len__(self) -> int:
         return min(len(self._header), len(self._fields))
+
+
+def column_positions(header: list[str]) -> dict[str, int]:
+    """Each column name's position in ``header`` (the first, should a name repeat)."""
+    positions: dict[str, int] = {}
+    for position, name in enumerate(header):
+        positions.setdefault(name, position)
+    return positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,19 +151,24 @@ class RowBuilder:
         occurrences: Counter | None = None,
     ) -> None:
         self.header = header
+        self.positions = column_positions(header)
         self.width = len(header)
         self.meters = meters
-        self.timestamp_index = header.index("timestamp")
-        self.event_index = header.index("event_name")
-        self.identifier_index = (
-            header.index(IDENTIFIER_COLUMN) if IDENTIFIER_COLUMN in header else None
-        )
+        self.timestamp_index = self.positions["timestamp"]
+        self.event_index = self.positions["event_name"]
+        self.identifier_index = self.positions.get(IDENTIFIER_COLUMN)
         self.payload_columns = [
             (index, name[len(PAYLOAD_PREFIX) :])
             for index, name in enumerate(header)
             if name.startswith(PAYLOAD_PREFIX) and len(name) > len(PAYLOAD_PREFIX)
         ]
         self.occurrences = occurrences or OccurrenceCounter()
+        # The rows of a meter whose columns the file lacks fail; the other meters' import.
+        active = [meter for meter in meters.values() if meter.active]
+        self.missing_errors = {
+            name: meter_columns_missing_error(meters[name], absent)
+            for name, absent in meter_columns_missing(header, active).items()
+        }
 
     def build(self, chunk: list[Record]) -> list[ParsedRow]:
         """The chunk's rows one by one, in file order (``build_columns`` as objects)."""
@@ -169,6 +189,7 @@ class RowBuilder:
         timestamps, refusals = self._timestamps_read(
             names, _stripped(columns[self.timestamp_index]), rows, lines
         )
+        refusals += self._column_missing_refusals(names, rows, lines, refusals)
         errors += refusals
         payload = {key: _stripped(columns[index]) for index, key in self.payload_columns}
         identifiers = (
@@ -189,7 +210,7 @@ class RowBuilder:
             identifiers,
             payload,
             lines,
-            RawRows(self.header, rows),
+            RawRows(self.header, rows, self.positions),
             content_addressed=self.identifier_index is None,
         )
         return BuiltChunk(columns=events, errors=errors, records=len(chunk))
@@ -221,7 +242,7 @@ class RowBuilder:
         if extra:
             message += f" Extra values: {', '.join(extra)[:500]}"
         error = RowError("row_column_count", message)
-        return ParsedRow(record.line, RawRow(self.header, fields), error=error)
+        return ParsedRow(record.line, RawRow(self.header, fields, self.positions), error=error)
 
     def _timestamps_read(
         self, names: list[str], texts: list[str], rows: list[list[str]], lines: list[int]
@@ -238,9 +259,24 @@ class RowBuilder:
                 if isinstance(read, int):
                     timestamps[position] = read
                 else:
-                    raw = RawRow(self.header, rows[position])
+                    raw = RawRow(self.header, rows[position], self.positions)
                     refusals.append(ParsedRow(lines[position], raw, error=read))
         return timestamps, refusals
+
+    def _column_missing_refusals(
+        self, names: list[str], rows: list[list[str]], lines: list[int], refused: list[ParsedRow]
+    ) -> list[ParsedRow]:
+        """The errors of the rows (not ``refused`` already) whose meter needs columns the
+        file lacks."""
+        missing = self.missing_errors
+        if not missing or missing.keys().isdisjoint(names):
+            return []
+        already = {row.line for row in refused}
+        return [
+            ParsedRow(lines[position], RawRow(self.header, rows[position], self.positions), error)
+            for position, name in enumerate(names)
+            if (error := missing.get(name)) is not None and lines[position] not in already
+        ]
 
     def _timestamp_or_refusal(self, name: str, timestamp_text: str) -> int | RowError:
         """For a row with an empty event name or a timestamp that is not Unix seconds: its
@@ -392,17 +428,20 @@ class RawRows(Sequence[Mapping[str, str]]):
     """The original rows of a chunk, as ``RawRow`` mappings made only when asked for (only
     refused rows need them)."""
 
-    __slots__ = ("_header", "_rows")
+    __slots__ = ("_header", "_positions", "_rows")
 
-    def __init__(self, header: list[str], rows: list[list[str]]) -> None:
+    def __init__(
+        self, header: list[str], rows: list[list[str]], positions: Mapping[str, int]
+    ) -> None:
         self._header = header
         self._rows = rows
+        self._positions = positions
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def __getitem__(self, index: int) -> RawRow:  # type: ignore[override]
-        return RawRow(self._header, self._rows[index])
+        return RawRow(self._header, self._rows[index], self._positions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Writes for CSV uploads, the user's actions: create (upload or validate only), enqueue
-and re-queue, cancel, revert, import a validated file. The import itself runs in a worker:
-``uploads.pipeline``.
+and re-queue, cancel, import the rest of a cancelled upload, revert, import a validated
+file. The import itself runs in a worker: ``uploads.pipeline``.
 """
 
 from __future__ import annotations
@@ -147,6 +147,46 @@ def upload_cancel(*, upload: Upload, user: User) -> Upload:
         actor=user,
         changes={"status": [old_status, upload.status]},
     )
+    return upload
+
+
+@transaction.atomic
+def upload_import_rest(*, upload: Upload, user: User) -> Upload:
+    """Import the rows of a cancelled upload that were not committed, into the same upload:
+    the job is queued again, and its run skips the committed ranges as a resumed run does,
+    so each row of the file ends up counted exactly once."""
+    upload = Upload.objects.select_for_update().get(pk=upload.pk)
+    if not upload.can_import_rest:
+        raise ValidationError(
+            "Only a cancelled import with rows not yet imported, and not reverted, can import "
+            "the rest of its file.",
+            code="not_resumable",
+        )
+    old_status = upload.status
+    upload.status = Upload.Status.QUEUED
+    upload.cancel_requested_at = None
+    upload.cancel_requested_by = None
+    upload.finished_at = None
+    upload.failed_reason = ""
+    upload.save(
+        update_fields=[
+            "status",
+            "cancel_requested_at",
+            "cancel_requested_by",
+            "finished_at",
+            "failed_reason",
+        ]
+    )
+    audit_record(
+        target=upload,
+        action=AuditEntry.Action.IMPORT,
+        actor=user,
+        changes={
+            "status": [old_status, upload.status],
+            "records_committed": [upload.records_committed, upload.rows_total],
+        },
+    )
+    transaction.on_commit(lambda: upload_enqueue(upload=upload))
     return upload
 
 

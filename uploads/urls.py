@@ -15,4 +15,5 @@ urlpatterns = [
     path("<int:upload_pk>/cancel/", views.upload_cancel, name="upload_cancel"),
     path("<int:upload_pk>/revert/", views.upload_revert, name="upload_revert"),
     path("<int:upload_pk>/import/", views.upload_import, name="upload_import"),
+    path("<int:upload_pk>/import-rest/", views.upload_import_rest, name="upload_import_rest"),
 ]

@@ -117,6 +117,9 @@ def _act(request: HtmxHttpRequest, upload: Upload, action: str) -> HttpResponse:
             messages.success(
                 request, "Revert started: every event of this upload is being cancelled."
             )
+        elif action == "import_rest":
+            services.upload_import_rest(upload=upload, user=request.user)
+            messages.success(request, "Importing the rest: the rows not imported yet.")
         else:
             imported = services.upload_import_validated(upload=upload, user=request.user)
             messages.success(request, "Import started from the validated file.")
@@ -136,6 +139,12 @@ def upload_cancel(request: HtmxHttpRequest, upload_pk: int) -> HttpResponse:
 @role_required(Role.FINANCE)
 def upload_revert(request: HtmxHttpRequest, upload_pk: int) -> HttpResponse:
     return _act(request, _upload_or_404(upload_pk), "revert")
+
+
+@require_POST
+@role_required(Role.FINANCE)
+def upload_import_rest(request: HtmxHttpRequest, upload_pk: int) -> HttpResponse:
+    return _act(request, _upload_or_404(upload_pk), "import_rest")
 
 
 @require_POST

@@ -12,13 +12,15 @@ thread; their own Python work (validation, COPY text) takes turns with it.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 Item = TypeVar("Item")
 
@@ -62,11 +64,23 @@ class ChunkWriters(Generic[Item]):
 
     Memory stays bounded: the caller calls ``reserve`` before making an item, so at most
     ``threads`` items are being written and one more is made or waits. Each thread closes its
-    database connections when it ends.
+    database connections when it ends. ``idle`` is called while the caller waits (a job's
+    pulse: it may raise to stop).
+
+    Leaving the ``with`` block by an exception (a cancellation, say) stops the threads at
+    once: the statements they are running are interrupted, so their transactions roll back.
     """
 
-    def __init__(self, write: Callable[[int, Item], bool], *, threads: int) -> None:
+    def __init__(
+        self,
+        write: Callable[[int, Item], bool],
+        *,
+        threads: int,
+        idle: Callable[[], None] = lambda: None,
+    ) -> None:
         self._write = write
+        self._idle = idle
+        self._connections: list[BaseDatabaseWrapper] = []  # each thread's, to interrupt
         self._items: queue.Queue[tuple[int, Item] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._stopped = threading.Event()
@@ -80,6 +94,7 @@ class ChunkWriters(Generic[Item]):
             thread.start()
 
     def _run(self) -> None:
+        self._connections.append(connections[DEFAULT_DB_ALIAS])
         try:
             while (entry := self._items.get()) is not None:
                 if self._stopped.is_set():
@@ -103,6 +118,7 @@ class ChunkWriters(Generic[Item]):
         while not self._stopped.is_set():
             if self._room.acquire(timeout=0.2):
                 return True
+            self._idle()
         self._raise_error()
         return False
 
@@ -113,6 +129,7 @@ class ChunkWriters(Generic[Item]):
             try:
                 self._items.put(entry, timeout=0.2)
             except queue.Full:
+                self._idle()
                 continue
             self._submitted += 1
             return True
@@ -138,8 +155,39 @@ class ChunkWriters(Generic[Item]):
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
         if self._threads:  # left early (an error in the caller): stop without writing more
             self._stopped.set()
-            self._join()
+            self._interrupt_until_stopped()
+
+    def _interrupt_until_stopped(self) -> None:
+        """End the threads, interrupting their running statements until they are done (a
+        statement begun after one interrupt is caught by the next)."""
+        ends = len(self._threads)
+        while ends or any(thread.is_alive() for thread in self._threads):
+            for wrapper in self._connections:
+                _statement_interrupt(wrapper)
+            if ends:
+                try:
+                    self._items.put(None, timeout=0.1)
+                    ends -= 1
+                except queue.Full:
+                    pass
+            else:
+                for thread in self._threads:
+                    thread.join(timeout=0.1 / len(self._threads))
+        self._threads = []
 
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _statement_interrupt(wrapper: BaseDatabaseWrapper) -> None:
+    """Interrupt the statement running on ``wrapper``'s connection, from another thread: it
+    fails with an error and its transaction rolls back. Nothing if none is running."""
+    raw = wrapper.connection
+    if raw is None:
+        return
+    with contextlib.suppress(Exception):  # the connection may be closing: nothing to stop
+        if wrapper.vendor == "sqlite":
+            raw.interrupt()
+        else:
+            getattr(raw, "cancel_safe", raw.cancel)()

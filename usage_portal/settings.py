@@ -214,6 +214,10 @@ USAGE_UPLOAD_COUNTER_MEMORY_ROWS = int(
 # mimalloc, which kept about 50 MB more of a worker's memory resident (measured, 1M rows).
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 USAGE_UPLOAD_MAX_LINE_BYTES = int(os.environ.get("USAGE_UPLOAD_MAX_LINE_BYTES", str(1024**2)))
+# The most columns a header may name (a wider file fails at once), and how often a running
+# job writes its heartbeat and looks for a cancellation inside each long pass over the file.
+USAGE_UPLOAD_MAX_COLUMNS = int(os.environ.get("USAGE_UPLOAD_MAX_COLUMNS", "10000"))
+USAGE_UPLOAD_HEARTBEAT_SECONDS = float(os.environ.get("USAGE_UPLOAD_HEARTBEAT_SECONDS", "10"))
 USAGE_UPLOAD_QUEUED_STALE_SECONDS = int(os.environ.get("USAGE_UPLOAD_QUEUED_STALE_SECONDS", "120"))
 USAGE_UPLOAD_RUNNING_STALE_SECONDS = int(
     os.environ.get("USAGE_UPLOAD_RUNNING_STALE_SECONDS", "300")
