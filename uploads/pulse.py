@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from uploads.models import Upload
@@ -48,6 +50,30 @@ def run_check(upload_id: int, token: str) -> None:
         raise CancelRequested
 
 
+def cancel_flag(upload_id: int) -> Path | None:
+    """On SQLite, the file that says "cancel this upload" without the database's write lock.
+
+    Why: SQLite has one write lock for the whole database, and a job's writer takes it for
+    one chunk after another; a user's cancellation, waiting for the lock, got it only when
+    the import had ended. So the cancellation also raises this flag, next to the database
+    file, and the job's pulse (reading it takes no lock) stops the writers, which frees the
+    lock. On PostgreSQL (row locks) there is none."""
+    if connection.vendor != "sqlite":
+        return None
+    database = Path(str(connection.settings_dict["NAME"]))
+    return database.with_name(f"{database.name}.cancel-upload-{upload_id}")
+
+
+def cancel_flag_raise(upload_id: int) -> None:
+    if (flag := cancel_flag(upload_id)) is not None:
+        flag.touch()
+
+
+def cancel_flag_lower(upload_id: int) -> None:
+    if (flag := cancel_flag(upload_id)) is not None:
+        flag.unlink(missing_ok=True)
+
+
 class Pulse:
     """Call it inside a long pass: the heartbeat and the cancellation check when due."""
 
@@ -63,6 +89,7 @@ class Pulse:
         if heartbeat_seconds is None:
             heartbeat_seconds = float(getattr(settings, "USAGE_UPLOAD_HEARTBEAT_SECONDS", 10))
         self._heartbeat_seconds = heartbeat_seconds
+        self._flag = cancel_flag(upload_id)
         now = clock()
         self._next_check = now + min(CHECK_SECONDS, heartbeat_seconds)
         self._next_beat = now + heartbeat_seconds
@@ -72,6 +99,8 @@ class Pulse:
         if now < self._next_check:
             return
         self._next_check = now + min(CHECK_SECONDS, self._heartbeat_seconds)
+        if self._flag is not None and self._flag.exists():
+            raise CancelRequested
         run_check(self.upload_id, self.token)
         if now >= self._next_beat:
             self._next_beat = now + self._heartbeat_seconds

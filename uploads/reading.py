@@ -365,13 +365,13 @@ def meter_columns_missing(
 def meter_columns_missing_error(meter: MeterKeys, absent: list[str]) -> RowError:
     """The error of a row whose meter needs columns the file lacks (the other meters' rows
     of the file import)."""
-    what = {meter.customer_column: "the customer ID", meter.value_column: "the value"}
-    needs = " and ".join(f"{name} ({what[name]})" for name in absent)
+    what = {meter.customer_column: "customer ID", meter.value_column: "value"}
+    needs = " and ".join(f"{name} (the {what[name]})" for name in absent)
     return RowError(
         "column_missing",
         f"This file has no {needs} column, which rows of meter “{meter.display_name}” "
         f"(event name {meter.event_name}) need. Add the column with each row's "
-        f"{' and '.join(what[name] for name in absent)}, and upload the rows again.",
+        f"{' and '.join(what[name] for name in absent)}, and upload these rows again.",
         absent[0],
     )
 
@@ -413,6 +413,7 @@ def inspect(
     # ``records`` yields: malformed and over-long records too, blank lines not.
     reader = csv.reader(lines, strict=False)
     counted = 0
+    pulse_mask = 255 if len(header) <= 256 else 0  # a wide file's rows are slow: each row
     raw_names: set[str] = set()  # cleaned once each at the end, not once a row
     while True:
         try:
@@ -420,7 +421,7 @@ def inspect(
                 if len(fields) < 2 and (not fields or not fields[0].strip()):
                     continue
                 counted += 1
-                if not counted & 255:
+                if not counted & pulse_mask:
                     pulse()
                 if len(fields) > event_index and len(raw_names) < 10_000:
                     raw_names.add(fields[event_index])

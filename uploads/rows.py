@@ -273,7 +273,11 @@ class RowBuilder:
             return []
         already = {row.line for row in refused}
         return [
-            ParsedRow(lines[position], RawRow(self.header, rows[position], self.positions), error)
+            ParsedRow(
+                lines[position],
+                RawRow(self.header, rows[position], self.positions),
+                error=error,
+            )
             for position, name in enumerate(names)
             if (error := missing.get(name)) is not None and lines[position] not in already
         ]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from django.db.models import Count, QuerySet
+from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 from events.models import EventRejection
 from meters.models import Meter
+from uploads.advice import advice_for
 from uploads.models import Upload
 from uploads.reading import escape_cell
 
@@ -91,6 +93,7 @@ def upload_rejections(*, upload: Upload, code: str = "") -> QuerySet[EventReject
 class CodeCount:
     code: str
     count: int
+    advice: str  # what to do about it
 
 
 def upload_rejection_codes(*, upload: Upload) -> list[CodeCount]:
@@ -100,7 +103,65 @@ def upload_rejection_codes(*, upload: Upload) -> list[CodeCount]:
         .annotate(count=Count("id"))
         .order_by("-count", "code")
     )
-    return [CodeCount(row["code"], row["count"]) for row in rows]
+    return [CodeCount(row["code"], row["count"], advice_for(row["code"])) for row in rows]
+
+
+ERROR_TABLE_MAX_COLUMNS = 8  # of the file's own, beside line, column, code and message
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRow:
+    line: int | None
+    column: str
+    code: str
+    message: str
+    cells: list[str]  # the values of ``error_table_columns``, in order
+
+
+def error_table_columns(*, upload: Upload) -> list[str]:
+    """The file's columns the failed-rows table shows, named as the file names them:
+    timestamp, event_name, identifier, and the customer and value columns of the meters the
+    failed rows name. Not every column of a wide file (the error file keeps them all)."""
+    present = set(upload.header)
+    wanted = ["timestamp", "event_name", "identifier"]
+    rejected = EventRejection.objects.filter(batch_id=upload.batch_id)
+    names = list(rejected.values_list("event_name", flat=True).distinct()[:50])
+    for meter in Meter.objects.filter(event_name__in=names).order_by("event_name"):
+        wanted += [f"payload_{meter.customer_mapping_key}", f"payload_{meter.value_settings_key}"]
+    if not names or len(wanted) == 3:  # no known meter: the file's payload columns
+        wanted += [name for name in upload.header if name.startswith("payload_")]
+    columns = [name for name in dict.fromkeys(wanted) if name in present]
+    return columns[:ERROR_TABLE_MAX_COLUMNS]
+
+
+def upload_error_rows(
+    *, rejections: Sequence[EventRejection], columns: list[str]
+) -> list[ErrorRow]:
+    """The table's rows of ``rejections`` (fetched with ``upload_rejections_for_table``)."""
+    return [
+        ErrorRow(
+            rejection.line,
+            rejection.column,
+            rejection.code,
+            rejection.message,
+            [
+                "" if value is None else str(value)
+                for value in (
+                    getattr(rejection, f"cell_{position}") for position in range(len(columns))
+                )
+            ],
+        )
+        for rejection in rejections
+    ]
+
+
+def upload_rejections_for_table(
+    *, upload: Upload, columns: list[str], code: str = ""
+) -> QuerySet[EventRejection]:
+    """``upload_rejections`` with only ``columns`` of each row's original values (a wide
+    file's rows are never read whole for the page)."""
+    cells = {f"cell_{n}": KeyTextTransform(name, "raw") for n, name in enumerate(columns)}
+    return upload_rejections(upload=upload, code=code).defer("raw").annotate(**cells)
 
 
 def error_file_header(*, upload: Upload) -> list[str]:

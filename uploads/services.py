@@ -19,6 +19,7 @@ from events.ingestion import event_batch_cancel, event_batch_create
 from events.models import EventBatch
 from uploads.limits import max_upload_bytes, setting
 from uploads.models import Upload
+from uploads.pulse import cancel_flag_lower, cancel_flag_raise
 from uploads.reading import format_bytes
 from usage_portal.audit import audit_record
 from usage_portal.models import AuditEntry
@@ -122,10 +123,25 @@ def uploads_requeue_stale(*, now: datetime | None = None) -> list[int]:
 
 
 # --- User actions -----------------------------------------------------------------------------
-@transaction.atomic
 def upload_cancel(*, upload: Upload, user: User) -> Upload:
+    """Ask for a cancellation: a queued job is cancelled now, a running one within moments
+    (its pulse hears it; on SQLite through ``cancel_flag``, which needs no write lock)."""
+    fresh = Upload.objects.get(pk=upload.pk)  # a read: it never waits for the write lock
+    flagged = fresh.can_cancel and fresh.status in Upload.RUNNING_STATUSES
+    if flagged:
+        cancel_flag_raise(upload.pk)
+    try:
+        return _upload_cancel_record(upload=upload, user=user, was=fresh.status)
+    finally:
+        if flagged:
+            cancel_flag_lower(upload.pk)
+
+
+@transaction.atomic
+def _upload_cancel_record(*, upload: Upload, user: User, was: str) -> Upload:
     upload = Upload.objects.select_for_update().get(pk=upload.pk)
-    if not upload.can_cancel:
+    stopped_by_flag = upload.status == Upload.Status.CANCELLED and not upload.cancel_requested_at
+    if not upload.can_cancel and not stopped_by_flag:
         raise ValidationError(
             f"This upload is {upload.get_status_display().lower()}; it can no longer be cancelled.",
             code="not_cancellable",
@@ -134,7 +150,7 @@ def upload_cancel(*, upload: Upload, user: User) -> Upload:
     upload.cancel_requested_at = now
     upload.cancel_requested_by = user
     fields = ["cancel_requested_at", "cancel_requested_by"]
-    old_status = upload.status
+    old_status = was if stopped_by_flag else upload.status
     if upload.status == Upload.Status.QUEUED:
         # Nobody is working on it: cancel now. A run starting later sees the request.
         upload.status = Upload.Status.CANCELLED
@@ -163,6 +179,7 @@ def upload_import_rest(*, upload: Upload, user: User) -> Upload:
             code="not_resumable",
         )
     old_status = upload.status
+    cancel_flag_lower(upload.pk)
     upload.status = Upload.Status.QUEUED
     upload.cancel_requested_at = None
     upload.cancel_requested_by = None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponse, StreamingHttpResponse
@@ -78,12 +80,16 @@ def upload_detail(request: HtmxHttpRequest, upload_pk: int) -> HttpResponse:
     }
     if upload.is_finished and upload.rows_failed:
         context["codes"] = selectors.upload_rejection_codes(upload=upload)
-        context["errors"] = page_of(
-            selectors.upload_rejections(upload=upload, code=code),
+        columns = selectors.error_table_columns(upload=upload)
+        errors = page_of(
+            selectors.upload_rejections_for_table(upload=upload, columns=columns, code=code),
             number=filters.cleaned_data.get("page"),
             per_page=50,
         )
-        context["error_columns"] = selectors.error_file_header(upload=upload)[:-3]
+        context["errors"] = replace(
+            errors, items=selectors.upload_error_rows(rejections=errors.items, columns=columns)
+        )
+        context["error_columns"] = columns
     if request.htmx:
         if request.htmx.target == "upload-errors":
             return render(request, "uploads/upload_detail.html#errors", context)
