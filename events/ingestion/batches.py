@@ -3,12 +3,14 @@ them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 
+from events.ingestion.lookups import customers_like
 from events.ingestion.rules import clean
 from events.ingestion.types import Code, EventInput, RejectionInput
 from events.models import EventBatch, EventRejection
@@ -42,11 +44,20 @@ def event_rejections_record(*, batch: EventBatch, rejections: Iterable[Rejection
     return len(rows)
 
 
+# Sources whose rows are a file's: their payload fields are the file's payload_<key> columns.
+FILE_SOURCES = (EventBatch.Source.CSV, EventBatch.Source.S3)
+_PAYLOAD_PARAM = re.compile(r"payload\[([^\]]*)\]")
+
+
 def rejection_of(
     batch: EventBatch, event: EventInput, code: Code, message: str, param: str, meter: Meter | None
 ) -> EventRejection:
-    """The stored record of a refused event, as staff see it and the error file repeats it."""
+    """The stored record of a refused event, as staff see it and the error file repeats it.
+    A file's row names its columns as the file does (``payload_value``, not
+    ``payload[value]``)."""
     customer_ref = clean(event.payload.get(meter.customer_mapping_key)) if meter else ""
+    if batch.source in FILE_SOURCES:
+        param, message = _as_file_names(code, message, param)
     return EventRejection(
         batch=batch,
         line=event.line,
@@ -59,6 +70,32 @@ def rejection_of(
         customer_ref=_storable(customer_ref[:255]),
         raw=_raw_of(event),
     )
+
+
+def _as_file_names(code: Code, message: str, param: str) -> tuple[str, str]:
+    """The column and message of a file's refused row, its payload fields named as the
+    file's columns."""
+    column = _PAYLOAD_PARAM.sub(r"payload_\1", param)
+    if code == Code.NO_CUSTOMER_DEFINED:
+        return column, f"{column} is empty: fill in the customer's ID."
+    if code == Code.VALUE_NOT_FOUND:
+        return column, f"{column} is empty: fill in the value (a number)."
+    if column.startswith("payload_"):
+        message = message.replace("in the event payload", f"in {column}")
+    return column, _PAYLOAD_PARAM.sub(r"payload_\1", message)
+
+
+def rejections_hint(rejections: Iterable[EventRejection]) -> dict[str, str]:
+    """Add "Did you mean …?" to the refusals of unknown customers whose ID matches an
+    existing one ignoring case (one query for them all); the suggestions, by customer ID."""
+    unknown = [r for r in rejections if r.code == Code.CUSTOMER_NOT_FOUND and r.customer_ref]
+    if not unknown:
+        return {}
+    suggestions = customers_like({rejection.customer_ref for rejection in unknown})
+    for rejection in unknown:
+        if (suggestion := suggestions.get(rejection.customer_ref)) is not None:
+            rejection.message += f" Did you mean {suggestion}?"
+    return suggestions
 
 
 def _storable(text: Any) -> Any:

@@ -15,13 +15,14 @@ import gc
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.db import connection, transaction
 from django.utils import timezone
 
-from events.ingestion.batches import rejection_of
+from events.ingestion.batches import rejection_of, rejections_hint
 from events.ingestion.columns import Accepted, ColumnsIntake
 from events.ingestion.dedup import StoredRow, conflict_message, identifier_set_digest
 from events.ingestion.lookups import (
@@ -92,6 +93,7 @@ class _Outcomes:
         self.events, self.batch = events, batch
         self.results: list[EventResult | None] = [None] * len(events)
         self.rejections: list[EventRejection] = []
+        self.rejected_at: list[int] = []  # the input index of each rejection
         self.totals: dict[int, MeterTotal] = defaultdict(MeterTotal)
 
     def reject(self, index: int, code: Code, message: str, param: str, meter: Meter | None) -> None:
@@ -105,6 +107,18 @@ class _Outcomes:
             meter.pk if meter else None,
         )
         self.rejections.append(rejection_of(self.batch, event, code, message, param, meter))
+        self.rejected_at.append(index)
+
+    def hint(self) -> None:
+        """ "Did you mean …?" for unknown customers that match one ignoring case, in the
+        rejections and the results alike."""
+        suggestions = rejections_hint(self.rejections)
+        for index, rejection in zip(self.rejected_at, self.rejections, strict=True):
+            result = self.results[index]
+            suggestion = suggestions.get(rejection.customer_ref)
+            if result is not None and suggestion and result.code == Code.CUSTOMER_NOT_FOUND:
+                message = f"{result.message} Did you mean {suggestion}?"
+                self.results[index] = replace(result, message=message)
 
     def repeated(self, candidate: Candidate, differences: list[str], *, stored: bool) -> None:
         """``candidate``'s identifier was taken (stored, or earlier in the batch)."""
@@ -161,6 +175,7 @@ def _events_ingest(
             else:
                 outcomes.repeated(candidate, candidate.differences(*stored_row), stored=True)
         _repeats_settle(repeats, existing, outcomes)
+        outcomes.hint()
         EventRejection.objects.bulk_create(outcomes.rejections, batch_size=1000)
         if not batch.dry_run:
             stored = [c for c in fresh if c.index not in existing]
@@ -313,6 +328,7 @@ def _columns_ingest_postgres(
                 [StoredIdentifierSet(digest=fingerprint, events=len(accepted.positions))],
                 ignore_conflicts=True,
             )
+        rejections_hint(intake.rejections)
         EventRejection.objects.bulk_create(intake.rejections, batch_size=1000)
         days = set(zip(meter_ids, [ts // 86400 for ts in timestamps], strict=True))
         usage_changed_announce(

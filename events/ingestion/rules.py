@@ -129,7 +129,8 @@ def _value_parse_general(raw: str, text: str) -> Decimal:
     if not _VALUE_PATTERN.match(text):
         raise Rejected(
             Code.INVALID_VALUE,
-            f"The value in the event payload must be a number. Received {raw!r}.",
+            f"The value in the event payload must be a number. Received {raw!r}."
+            + value_advice(text),
         )
     try:
         value = Decimal(text)
@@ -151,6 +152,30 @@ def _value_parse_general(raw: str, text: str) -> Decimal:
     if value.as_tuple().exponent > 0:  # type: ignore[operator]
         value = value.quantize(Decimal(1))
     return value
+
+
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:([,  \u202f'])\d{3})(?:\1\d{3})*(?:\.\d+)?")
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+_EUROPEAN = re.compile(r"[+-]?\d{1,3}(?:\.\d{3})+,\d+")
+_CURRENCY = re.compile(r"[$€£¥]\s*|\s*[$€£¥]$|\s*(?:USD|EUR|GBP)$")
+
+
+def value_advice(text: str) -> str:
+    """What to do about a value that is not a plain number but was meant as one ("" when
+    no likely meaning is found): a spreadsheet's thousands separators, decimal comma or
+    currency sign."""
+    bare = _CURRENCY.sub("", text)
+    if bare != text and _VALUE_PATTERN.match(bare):
+        return f" Remove the currency sign: write {bare}."
+    if _THOUSANDS.fullmatch(bare):
+        plain = re.sub(r"[,  \u202f']", "", bare)
+        return f" Remove the thousands separator: write {plain}."
+    if _EUROPEAN.fullmatch(bare):
+        plain = bare.replace(".", "").replace(",", ".")
+        return f" Remove the thousands separator and use a dot for decimals: write {plain}."
+    if _DECIMAL_COMMA.fullmatch(bare):
+        return f" Use a dot for decimals: write {bare.replace(',', '.')}."
+    return ""
 
 
 # --- One event ----------------------------------------------------------------------------------

@@ -125,6 +125,36 @@ def test_unknown_customer(meter):
     assert "cus_x" in result.message
 
 
+def test_an_unknown_customer_id_that_differs_only_in_case_gets_did_you_mean(meter):
+    CustomerFactory(external_id="cus_ABC")
+    CustomerFactory(external_id="cus_Twin")
+    CustomerFactory(external_id="cus_TWIN")  # two matches: no guess
+    report = ingest(
+        [ev(meter, type("C", (), {"external_id": ref})) for ref in ("cus_abc", "cus_twin")]
+    )
+    guessed, ambiguous = report.results
+    assert guessed.message == "No customer was found with ID cus_abc. Did you mean cus_ABC?"
+    assert ambiguous.message == "No customer was found with ID cus_twin."
+    stored = EventRejection.objects.get(customer_ref="cus_abc")
+    assert stored.message.endswith("Did you mean cus_ABC?")
+
+
+@pytest.mark.parametrize(
+    ("value", "advice"),
+    [
+        ("1,000", "Remove the thousands separator: write 1000."),
+        ("12,500.75", "Remove the thousands separator: write 12500.75."),
+        ("2,5", "Use a dot for decimals: write 2.5."),
+        ("1.250,5", "Remove the thousands separator and use a dot for decimals: write 1250.5."),
+        ("$12", "Remove the currency sign: write 12."),
+    ],
+)
+def test_a_value_written_the_spreadsheet_way_says_what_to_write(meter, customer, value, advice):
+    result = rejected_code(ev(meter, customer, value))
+    assert result.code == Code.INVALID_VALUE
+    assert result.message.endswith(advice)
+
+
 def test_custom_payload_keys_are_used(customer):
     meter = MeterFactory(customer_mapping_key="account", value_settings_key="tokens")
     report = ingest(
@@ -248,7 +278,7 @@ def test_rejections_are_recorded_with_provenance(meter, customer):
     rejection = EventRejection.objects.get()
     assert rejection.batch == batch
     assert rejection.line == 7
-    assert rejection.column == "payload[value]"
+    assert rejection.column == "payload_value"  # as the file names it
     assert rejection.code == Code.INVALID_VALUE
     assert rejection.identifier == "r1"
     assert rejection.event_name == "api_calls"

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from events.models import EventRejection
 from meters.models import Meter
-from tests.factories import MeterFactory
+from tests.factories import CustomerFactory, MeterFactory
 from tests.uploads.conftest import HEADER, counted_events, day, post_upload, rollup_total, wait_for
 from uploads import reading
 from uploads.counters import ExternalCounter
@@ -195,3 +195,41 @@ def test_a_cancellation_is_heard_inside_the_validation_and_counting_passes(
     counter = ExternalCounter(tmp_path)
     with pytest.raises(CancelRequested):
         counter.finish(pulse=pulse)
+
+
+@pytest.mark.django_db
+def test_failed_rows_name_the_files_columns_say_what_to_do_and_are_summed_up_by_code(
+    finance_client: Client, api_meter: Meter
+) -> None:
+    CustomerFactory.create(external_id="cus_ABC")
+    d = day()
+    content = HEADER + f'{d},api_calls,cus_ABC,1\n{d},api_calls,cus_ABC,"1,000"\n'
+    content += f"{d},api_calls,cus_abc,2\n{d},api_calls,,3\n{d},api_calls,cus_ABC,\n"
+    upload = post_upload(finance_client, content.encode())
+    upload_process(upload_id=upload.pk)
+    upload.refresh_from_db()
+
+    assert (upload.rows_imported, upload.rows_failed) == (1, 4)
+    by_line = {
+        r.line: (r.column, r.message) for r in EventRejection.objects.filter(batch=upload.batch)
+    }
+    assert by_line[3] == (
+        "payload_value",
+        "The value in payload_value must be a number. Received '1,000'. Remove the thousands "
+        "separator: write 1000.",
+    )
+    assert by_line[4] == (
+        "payload_stripe_customer_id",
+        "No customer was found with ID cus_abc. Did you mean cus_ABC?",
+    )
+    assert by_line[5] == (
+        "payload_stripe_customer_id",
+        "payload_stripe_customer_id is empty: fill in the customer's ID.",
+    )
+    assert by_line[6] == ("payload_value", "payload_value is empty: fill in the value (a number).")
+    assert not any("payload[" in column + message for column, message in by_line.values())
+
+    page = finance_client.get(upload.get_absolute_url()).content.decode()
+    summary = page[page.index('id="error-summary"') : page.index('id="upload-errors"')]
+    assert 'meter_event_invalid_value</code></td><td class="num">1</td>' in summary
+    assert "no thousands separators" in summary and "IDs are case-sensitive" in summary

@@ -55,8 +55,8 @@ def test_upload_imports_valid_rows_and_explains_the_others(
     }
     assert rejections == {
         5: ("timestamp_invalid", "timestamp"),
-        6: ("meter_event_customer_not_found", "payload[stripe_customer_id]"),
-        9: ("meter_event_invalid_value", "payload[value]"),
+        6: ("meter_event_customer_not_found", "payload_stripe_customer_id"),
+        9: ("meter_event_invalid_value", "payload_value"),
     }
     assert set(MeterEvent.objects.filter(batch=upload.batch).values_list("line", flat=True)) == {
         2,
