@@ -6,8 +6,11 @@ from django import forms
 class UploadForm(forms.Form):
     file = forms.FileField(
         label="CSV file",
-        help_text="A .csv file, or a gzip-compressed .csv.gz, in UTF-8.",
-        widget=forms.ClearableFileInput(attrs={"accept": ".csv,.gz,.csv.gz,text/csv"}),
+        help_text="A .csv file (or a gzip-compressed .csv.gz) in UTF-8, or Excel's "
+        "“Unicode text” (.txt).",
+        widget=forms.ClearableFileInput(
+            attrs={"accept": ".csv,.gz,.csv.gz,.txt,.tsv,text/csv,text/plain"}
+        ),
     )
     validate_only = forms.BooleanField(
         required=False,

@@ -8,8 +8,12 @@ Format (Stripe's meter-event CSV, see the upload page's help):
   ``payload_<value key>``. Optional: ``identifier``. Other ``payload_*`` columns go into the
   payload; any other column (such as an error file's ``line``, ``error_code`` and
   ``error_message``) is ignored, so a corrected error file can be uploaded as it is.
-* UTF-8 with or without a byte-order mark; RFC 4180 quoting, newlines inside quoted values
-  included; ``.csv.gz`` (gzip) too, recognised by its content rather than its name.
+* UTF-8 with or without a byte-order mark, or UTF-16 with one (Excel's "Unicode text");
+  RFC 4180 quoting, newlines inside quoted values included; ``.csv.gz`` (gzip) too,
+  recognised by its content rather than its name. Text in another encoding is refused with
+  the encoding it looks like and how to save it as "CSV UTF-8".
+* Values separated by commas, semicolons (a spreadsheet's CSV where the comma is the decimal
+  separator) or tabs (Excel's "Unicode text"): the separator the header line uses most.
 * Timestamps (read in ``uploads.rows``): ``yyyy-MM-dd`` (00:00 UTC), ISO 8601 with or
   without an offset (``Z``, ``+05:30``, ``+0530``; without one it is read as UTC), or Unix
   seconds.
@@ -27,17 +31,20 @@ core anyway.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from typing import IO, NamedTuple
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+DELIMITERS = (",", ";", "\t")  # the first wins a tie
 # A physical line longer than the limit is replaced by this marker, which cannot occur in
 # accepted input (a NUL byte makes the whole file "binary"), and its record is refused.
 OVERLONG_MARK = "\x00"
@@ -101,6 +108,31 @@ def open_decompressed(binary: IO[bytes]) -> IO[bytes]:
     return buffered
 
 
+class _Utf16AsUtf8:
+    """UTF-16 text (its byte-order mark first) read as UTF-8 bytes, block by block."""
+
+    def __init__(self, binary: IO[bytes], head: bytes) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-16")(errors="strict")
+        self._binary = binary
+        self._head = head  # the first block, read already
+        self._units = 0  # UTF-16 bytes decoded so far, for the error message
+
+    def read(self, size: int) -> bytes:
+        while True:
+            block, self._head = self._head or self._binary.read(size), b""
+            try:
+                text = self._decoder.decode(block, final=not block)
+            except UnicodeDecodeError as error:
+                raise FileProblem(
+                    f"The file starts as UTF-16 text but byte {self._units + error.start + 1} "
+                    f"is not valid UTF-16. Save it again as “CSV UTF-8” (in Excel: File > "
+                    f"Save As > “CSV UTF-8 (Comma delimited)”) and upload that file."
+                ) from None
+            self._units += len(block)
+            if text or not block:
+                return text.encode("utf-8")
+
+
 _BLOCK_BYTES = 1024 * 1024
 
 
@@ -112,13 +144,22 @@ def text_lines(
 
     Read and decoded in blocks of 1 MB, so the per-line work is one string operation. Memory
     stays bounded by ``max_line_bytes``: a longer line is dropped as it is read and replaced
-    by ``OVERLONG_MARK``. Raises ``FileProblem`` for binary content, text that is not UTF-8,
-    a corrupt gzip stream, or content beyond ``max_bytes``.
+    by ``OVERLONG_MARK``. UTF-16 with a byte-order mark is read as UTF-8. Raises
+    ``FileProblem`` for binary content, text that is not UTF-8 (or broken UTF-16), a corrupt
+    gzip stream, or content beyond ``max_bytes``.
     """
     splitter = _LineSplitter(max_bytes=max_bytes, max_line_bytes=max_line_bytes)
     try:
-        while block := binary.read(block_bytes):
+        block = binary.read(block_bytes)
+        if block[:2] in UTF16_BOMS:  # Excel's "Unicode text": read on as UTF-8
+            utf16 = _Utf16AsUtf8(binary, block)
+            read: Callable[[int], bytes] = utf16.read
+            block = read(block_bytes)
+        else:
+            read = binary.read
+        while block:
             yield from splitter.lines(block)
+            block = read(block_bytes)
         yield from splitter.last_lines()
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise FileProblem(f"The gzip-compressed file is damaged: {error}.") from None
@@ -233,9 +274,25 @@ def _decoded(block: bytes, lines_before: int, carry_bytes: int) -> str:
         byte = error.start - line_start + (carry_bytes if line_start == 0 else 0) + 1
         raise FileProblem(
             f"The file is not UTF-8 text: line {line} has bytes that are not valid UTF-8 "
-            f"(byte {byte} of the line). It may be Latin-1 or Windows-1252; save it as "
-            f"“CSV UTF-8” and upload it again."
+            f"(byte {byte} of the line). {_encoding_guess(block, error.start)} In Excel, "
+            f"choose File > Save As, pick “CSV UTF-8 (Comma delimited) (*.csv)”, and upload "
+            f"the new file; other programs call it “UTF-8” in their export or save options."
         ) from None
+
+
+def _encoding_guess(block: bytes, at: int) -> str:
+    """The encoding text that is not UTF-8 looks like, said with the character it reads."""
+    sample = block[max(0, at - 20) : at + 20]
+    try:
+        text = block[at : at + 1].decode("cp1252")
+        sample.decode("cp1252")
+    except UnicodeDecodeError:
+        return "It looks like text in an 8-bit encoding such as Latin-1 (ISO-8859-1)."
+    if any(0x80 <= byte <= 0x9F for byte in block):
+        name = "Windows-1252 (what Excel on Windows writes as “CSV (Comma delimited)”)"
+    else:
+        name = "Windows-1252 or Latin-1 (ISO-8859-1)"
+    return f"It looks like {name}, where that byte is “{text}”."
 
 
 def _over_limit_reason(max_bytes: int, *, decompressed: bool) -> str:
@@ -261,10 +318,28 @@ class Record(NamedTuple):
     error: RowError | None = None
 
 
-def records(lines: Iterable[str], *, max_line_bytes: int) -> Iterator[Record]:
-    """CSV records with the physical line each starts on; blank lines are skipped."""
+def delimiter_of(header_line: str) -> str:
+    """The separator a header line uses: the one of ``DELIMITERS`` it holds most of."""
+    counts = [header_line.count(delimiter) for delimiter in DELIMITERS]
+    return DELIMITERS[counts.index(max(counts))]
+
+
+def with_delimiter(lines: Iterable[str]) -> tuple[Iterator[str], str]:
+    """``lines`` as one iterator (its first line put back), and the first line's separator."""
+    iterator = iter(lines)
+    first = next(iterator, "")
+    return chain([first], iterator), delimiter_of(first)
+
+
+def records(
+    lines: Iterable[str], *, max_line_bytes: int, delimiter: str | None = None
+) -> Iterator[Record]:
+    """CSV records with the physical line each starts on; blank lines are skipped. The
+    separator is the header line's (``delimiter_of``) unless given."""
     csv.field_size_limit(max_line_bytes)
-    reader = csv.reader(lines, strict=False)
+    if delimiter is None:
+        lines, delimiter = with_delimiter(lines)
+    reader = csv.reader(lines, strict=False, delimiter=delimiter)
     start = 1  # the line the next record starts on
     while True:
         try:
@@ -398,8 +473,9 @@ def inspect(
     imported), reads the header, counts the records and lists the event names used.
     ``pulse`` is called every few hundred records (a job's heartbeat, see ``uploads.pulse``).
     """
-    lines = iter(lines)  # one position, shared by the header's reader and the counting one
-    record_iter = records(lines, max_line_bytes=max_line_bytes)
+    # One position, shared by the header's reader and the counting one.
+    lines, delimiter = with_delimiter(lines)
+    record_iter = records(lines, max_line_bytes=max_line_bytes, delimiter=delimiter)
     header = header_read(record_iter)
     if max_columns is not None and (problem := columns_over_limit(header, max_columns)):
         raise FileProblem(problem)  # at once: before reading a wide file's rows
@@ -411,7 +487,7 @@ def inspect(
     # The rest is only counted, so it skips ``records``' per-row objects: a reader of its own
     # continues on the same lines right after the header's record. It counts exactly what
     # ``records`` yields: malformed and over-long records too, blank lines not.
-    reader = csv.reader(lines, strict=False)
+    reader = csv.reader(lines, strict=False, delimiter=delimiter)
     counted = 0
     pulse_mask = 255 if len(header) <= 256 else 0  # a wide file's rows are slow: each row
     raw_names: set[str] = set()  # cleaned once each at the end, not once a row

@@ -233,3 +233,29 @@ def test_failed_rows_name_the_files_columns_say_what_to_do_and_are_summed_up_by_
     summary = page[page.index('id="error-summary"') : page.index('id="upload-errors"')]
     assert 'meter_event_invalid_value</code></td><td class="num">1</td>' in summary
     assert "no thousands separators" in summary and "IDs are case-sensitive" in summary
+
+
+@pytest.mark.django_db
+def test_excels_unicode_text_and_a_semicolon_csv_import_like_a_csv(
+    finance_client: Client, api_meter: Meter, customers
+) -> None:
+    d = day()
+    unicode_text = (
+        "\ufefftimestamp\tevent_name\tpayload_stripe_customer_id\tpayload_value\r\n"
+        f"{d}\tapi_calls\tcus_1\t2.5\r\n{d}\tapi_calls\tcus_2\t1,5\r\n"
+    ).encode("utf-16-le")
+    semicolons = (
+        f"timestamp;event_name;payload_stripe_customer_id;payload_value\n{d};api_calls;cus_3;4\n"
+    ).encode()
+    first = post_upload(finance_client, unicode_text, name="usage.txt")
+    second = post_upload(finance_client, semicolons)
+    for upload in (first, second):
+        upload_process(upload_id=upload.pk)
+        upload.refresh_from_db()
+
+    assert (first.rows_imported, first.rows_failed) == (1, 1)
+    assert EventRejection.objects.get(batch=first.batch).message.endswith(
+        "Use a dot for decimals: write 1.5."
+    )
+    assert (second.status, second.rows_imported) == (Upload.Status.SUCCEEDED, 1)
+    assert rollup_total(api_meter) == (Decimal("6.5"), 2)

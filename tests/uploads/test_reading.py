@@ -142,3 +142,54 @@ def test_inspection_lists_event_names_and_counts_records() -> None:
 def test_formula_cells_are_escaped_and_round_trip(cell: str, escaped: str) -> None:
     assert reading.escape_cell(cell) == escaped
     assert reading.unescape_cell(reading.escape_cell(cell)) == cell
+
+
+# --- What spreadsheets write -------------------------------------------------------------------
+def records_of(data: bytes) -> list[list[str]]:
+    record_iter = reading.records(lines_of(data), max_line_bytes=MB)
+    return [reading.header_read(record_iter), *(record.fields for record in record_iter)]
+
+
+SPREADSHEET_ROWS = [
+    ["timestamp", "event_name", "payload_stripe_customer_id", "payload_value"],
+    ["2024-09-23", "api_calls", "cus_1", "2.5"],
+    ["2024-09-23", "api_calls", "cus_2, Ltd", "3"],
+]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # Semicolons: a CSV from a spreadsheet set up where the comma is the decimal separator.
+        b"timestamp;event_name;payload_stripe_customer_id;payload_value\n"
+        b"2024-09-23;api_calls;cus_1;2.5\n2024-09-23;api_calls;cus_2, Ltd;3\n",
+        # Excel's "Unicode text": tab-separated UTF-16LE with a byte-order mark, CRLF.
+        "\ufefftimestamp\tevent_name\tpayload_stripe_customer_id\tpayload_value\r\n"
+        "2024-09-23\tapi_calls\tcus_1\t2.5\r\n"
+        "2024-09-23\tapi_calls\tcus_2, Ltd\t3\r\n".encode("utf-16-le"),
+        "\ufefftimestamp\tevent_name\tpayload_stripe_customer_id\tpayload_value\n"
+        "2024-09-23\tapi_calls\tcus_1\t2.5\n"
+        '2024-09-23\tapi_calls\t"cus_2, Ltd"\t3\n'.encode("utf-16-be"),
+    ],
+    ids=["semicolons", "excel-unicode-text", "utf-16-be"],
+)
+def test_semicolon_and_tab_separated_utf16_files_read_like_csv(data: bytes) -> None:
+    assert records_of(data) == SPREADSHEET_ROWS
+    assert records_of(gzip.compress(data)) == SPREADSHEET_ROWS
+
+
+def test_a_windows_1252_file_is_named_so_with_how_to_save_it_as_csv_utf8() -> None:
+    data = "timestamp,event_name,payload_note\n2024-09-23,api_calls,caf\u00e9 \u2013 50\u20ac\n"
+    with pytest.raises(reading.FileProblem) as problem:
+        lines_of(data.encode("cp1252"))
+    reason = problem.value.reason
+    assert "line 2 has bytes that are not valid UTF-8 (byte 25 of the line)" in reason
+    assert "It looks like Windows-1252" in reason and "that byte is “é”" in reason
+    assert "“CSV UTF-8 (Comma delimited) (*.csv)”" in reason
+
+
+def test_utf16_that_breaks_off_says_so() -> None:
+    data = "\ufefftimestamp\tevent_name\n".encode("utf-16-le") + b"\x00\xd8"  # a lone surrogate
+    with pytest.raises(reading.FileProblem) as problem:
+        lines_of(data)
+    assert "not valid UTF-16" in problem.value.reason and "CSV UTF-8" in problem.value.reason
