@@ -1,6 +1,7 @@
 """Benchmark the reading of an upload's file, without a database: bytes to lines to records
 (``uploads.reading``), for the validation pass (``inspect``) and the import pass
-(``records`` + ``chunked``). Prints CPU seconds (steadier than wall time on a busy machine) and rows/s for each.
+(``records`` + ``chunked``). Prints CPU seconds (steadier than wall time on a busy
+machine) and rows/s for each.
 
     .venv/bin/python bench/csv_reading.py [--rows 1000000]
 """

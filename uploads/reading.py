@@ -411,12 +411,13 @@ def header_problems(header: list[str], meters_used: Iterable[MeterKeys]) -> str:
             f"header naming the columns, such as "
             f"timestamp,event_name,payload_stripe_customer_id,payload_value."
         )
-    missing = meter_columns_missing(header, meters_used)
+    meters = sorted(meters_used, key=lambda m: m.event_name)
+    lacking = meter_columns_missing(header, meters)
     needs = [
-        f"{', '.join(missing[meter.event_name])} (for meter “{meter.display_name}”, event name "
+        f"{', '.join(lacking[meter.event_name])} (for meter “{meter.display_name}”, event name "
         f"{meter.event_name})"
-        for meter in sorted(meters_used, key=lambda m: m.event_name)
-        if meter.event_name in missing
+        for meter in meters
+        if meter.event_name in lacking
     ]
     if needs:
         return f"Required columns missing: {'; '.join(needs)}."
