@@ -92,6 +92,7 @@ EXPECTED: dict[str, Expect] = {
     "uploads:upload_cancel": Expect(F, method="post"),
     "uploads:upload_revert": Expect(F, method="post"),
     "uploads:upload_import": Expect(F, method="post"),
+    "uploads:upload_import_rest": Expect(F, method="post"),
     # billing
     "billing:price_list": Expect(S),
     "billing:price_create": Expect(A),
