@@ -4,7 +4,7 @@ them."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -36,7 +36,7 @@ def event_rejections_record(*, batch: EventBatch, rejections: Iterable[Rejection
             identifier=item.identifier[:255],
             event_name=item.event_name[:255],
             customer_ref=item.customer_ref[:255],
-            raw=dict(item.raw or {}),
+            raw=_filled(item.raw or {}),
         )
         for item in rejections
     ]
@@ -103,9 +103,16 @@ def _storable(text: Any) -> Any:
     return text.replace("\x00", "\ufffd") if isinstance(text, str) else text
 
 
+def _filled(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A file row's values without its empty cells: the error file and the page read a
+    missing column as empty, and a wide file's rejected rows (mostly empty cells) then
+    store a few values each rather than one per column."""
+    return {key: value for key, value in raw.items() if value != ""}
+
+
 def _raw_of(event: EventInput) -> dict[str, Any]:
     if event.raw is not None:
-        raw = dict(event.raw)
+        raw = _filled(event.raw)
     else:
         raw = {"event_name": event.event_name, "identifier": event.identifier or ""}
         raw["timestamp"] = event.timestamp.isoformat() if event.timestamp else ""
