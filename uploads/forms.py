@@ -2,12 +2,22 @@ from __future__ import annotations
 
 from django import forms
 
+from uploads.models import Upload
+
 
 class UploadForm(forms.Form):
     file = forms.FileField(
         label="CSV file",
         help_text="A .csv file, or a gzip-compressed .csv.gz, in UTF-8.",
         widget=forms.ClearableFileInput(attrs={"accept": ".csv,.gz,.csv.gz,text/csv"}),
+    )
+    rows_without_identifier = forms.ChoiceField(
+        label="Rows without an identifier are",
+        choices=Upload.RowsWithoutIdentifier.choices,
+        initial=Upload.RowsWithoutIdentifier.NEW_USAGE,
+        widget=forms.RadioSelect,
+        required=False,  # left out (a script posting the form): new usage, the default
+        help_text="A row with an identifier is counted once per identifier either way.",
     )
     validate_only = forms.BooleanField(
         required=False,
@@ -17,6 +27,12 @@ class UploadForm(forms.Form):
             "You can import the same file afterwards with one click."
         ),
     )
+
+
+    def clean_rows_without_identifier(self) -> str:
+        return self.cleaned_data["rows_without_identifier"] or str(
+            Upload.RowsWithoutIdentifier.NEW_USAGE
+        )
 
 
 class ErrorFilterForm(forms.Form):

@@ -23,14 +23,28 @@ class Upload(models.Model):
         IMPORTING = "importing", "Importing"
         SUCCEEDED = "succeeded", "Succeeded"
         SUCCEEDED_WITH_ERRORS = "succeeded_with_errors", "Succeeded with errors"
-        FAILED = "failed", "Failed"
+        # Every row was a duplicate: a warning, not a success (nothing was counted).
+        NOTHING_NEW = "nothing_new", "Nothing new"
+        VALIDATED = "validated", "Validated"  # a validate-only run that read the whole file
+        FAILED = "failed", "Failed"  # the file could not be read, or no row could be imported
         CANCELLED = "cancelled", "Cancelled"
+
+    class RowsWithoutIdentifier(models.TextChoices):
+        """What a file's rows without an identifier are (rows with one are counted once)."""
+
+        NEW_USAGE = "new_usage", "new usage: count every row"
+        CORRECTED_COPY = (
+            "corrected_copy",
+            "a corrected copy of an earlier file: don't count rows already imported",
+        )
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.VALIDATING, Status.IMPORTING)
     RUNNING_STATUSES = (Status.VALIDATING, Status.IMPORTING)
     FINISHED_STATUSES = (
         Status.SUCCEEDED,
         Status.SUCCEEDED_WITH_ERRORS,
+        Status.NOTHING_NEW,
+        Status.VALIDATED,
         Status.FAILED,
         Status.CANCELLED,
     )
@@ -43,6 +57,15 @@ class Upload(models.Model):
     )
     created = models.DateTimeField(auto_now_add=True)
     validate_only = models.BooleanField(default=False)
+    # New usage: each such row gets an identifier of this upload and its line, so identical
+    # rows all count (Stripe counts every event sent without an identifier). A corrected
+    # copy: an identifier derived from the row's content and its rank among identical rows
+    # (``uploads.rows``), so rows imported before are duplicates.
+    rows_without_identifier = models.CharField(
+        max_length=16,
+        choices=RowsWithoutIdentifier.choices,
+        default=RowsWithoutIdentifier.NEW_USAGE,
+    )
     # A real import started from a finished validate-only run of the same stored file.
     validated_upload = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="imports"
@@ -165,11 +188,18 @@ class Upload(models.Model):
     @property
     def can_import(self) -> bool:
         """A finished validate-only run whose stored file can now be imported for real."""
-        return (
-            self.validate_only
-            and self.status in (self.Status.SUCCEEDED, self.Status.SUCCEEDED_WITH_ERRORS)
-            and bool(self.file)
-        )
+        return self.validate_only and self.status == self.Status.VALIDATED and bool(self.file)
+
+    @property
+    def counts_identical_rows(self) -> bool:
+        """Rows without an identifier are new usage: every one counts."""
+        return self.rows_without_identifier == self.RowsWithoutIdentifier.NEW_USAGE
+
+    def row_identifier_prefix(self) -> str | None:
+        """For new usage, what a row without an identifier gets before its line: unique to
+        this upload and the same on every run of it (a resumed run never counts a row
+        twice). None for a corrected copy: identifiers come from the rows' content."""
+        return f"csvrow_{self.pk}_" if self.counts_identical_rows else None
 
     def meter_total_values(self) -> dict[int, tuple[int, Decimal]]:
         return {

@@ -169,7 +169,10 @@ def _process(upload: Upload, token: str) -> None:
     upload, header = validated
     try:
         with _occurrence_counter(upload, header, meters) as occurrences:
-            completed = _import(upload, token, RowBuilder(header, meters, occurrences))
+            builder = RowBuilder(
+                header, meters, occurrences, line_prefix=upload.row_identifier_prefix()
+            )
+            completed = _import(upload, token, builder)
     except FileProblem as error:
         # The first pass read the same bytes, so only a file changed underneath gets here.
         _fail(upload.pk, token, error.reason)
@@ -181,10 +184,28 @@ def _process(upload: Upload, token: str) -> None:
 def _succeed(upload_id: int, token: str) -> None:
     with transaction.atomic():
         upload = _locked_owned(upload_id, token)
-        status = (
-            Upload.Status.SUCCEEDED_WITH_ERRORS if upload.rows_failed else Upload.Status.SUCCEEDED
+        status, reason = _outcome(upload)
+        _finish(upload, status, now=timezone.now(), reason=reason)
+
+
+def _outcome(upload: Upload) -> tuple[str, str]:
+    """The status of a run that read the whole file, as its counts tell it, and why when it
+    is not a success."""
+    if upload.validate_only:
+        return Upload.Status.VALIDATED, ""
+    if not upload.rows_imported and upload.rows_failed:
+        already = f" and {upload.rows_duplicate:,} were already recorded" * bool(
+            upload.rows_duplicate
         )
-        _finish(upload, status, now=timezone.now())
+        return Upload.Status.FAILED, (
+            f"No row was imported: {upload.rows_failed:,} rows failed{already}. "
+            "Fix the failed rows below (download the error file) and upload it again."
+        )
+    if not upload.rows_imported and upload.rows_duplicate:
+        return Upload.Status.NOTHING_NEW, "Nothing new: every row was already recorded."
+    if upload.rows_failed:
+        return Upload.Status.SUCCEEDED_WITH_ERRORS, ""
+    return Upload.Status.SUCCEEDED, ""
 
 
 def _fail(upload_id: int, token: str, reason: str) -> None:
@@ -229,7 +250,8 @@ def _occurrence_counter(
     """The identical-row counter for the import: None (the row builder's own, in memory),
     or for a file too large for its memory one worked out on disk, in a scratch folder that
     lasts while the context does."""
-    if (upload.rows_total or 0) <= setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000):
+    small = (upload.rows_total or 0) <= setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000)
+    if small or upload.counts_identical_rows:  # new usage: rows are not counted alike
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="upload-counts-") as scratch:

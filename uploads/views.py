@@ -51,6 +51,7 @@ def upload_create(request: HtmxHttpRequest) -> HttpResponse:
             file=form.cleaned_data["file"],
             user=request.user,
             validate_only=form.cleaned_data["validate_only"],
+            rows_without_identifier=form.cleaned_data["rows_without_identifier"],
         )
         return redirect(upload)
     context = {
