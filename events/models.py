@@ -61,7 +61,9 @@ class MeterEvent(models.Model):
     identifier = models.CharField(max_length=101, db_collation="BINARY")
     # The identifier an event was sent with, once a revert released it (then ``identifier``
     # holds the placeholder): pages show this one. NULL for every other event.
-    released_identifier = models.CharField(
+    # NULL, not "": adding a nullable column is instant on SQLite (with a default, Django
+    # rebuilds the table), and the partial index below holds released events only.
+    released_identifier = models.CharField(  # noqa: DJ001
         max_length=100, null=True, blank=True, db_collation="BINARY"
     )
     # No single-column FK indexes: the composite index below serves them, and every index
@@ -187,9 +189,10 @@ class StoredIdentifierSet(models.Model):
 
     Recorded when every event of the chunk that passed validation was stored or found stored
     with the same content. A derived identifier names its content and is freed only by a
-    revert, which deletes every set (``event_batch_cancel``), so when the same events come again (the same file uploaded twice, an S3 file
-    delivered twice) every one is a duplicate, known without looking up each identifier; and
-    when the set held every row of the chunk, without validating each row again either.
+    revert, which deletes every set (``event_batch_cancel``), so when the same events come
+    again (the same file uploaded twice, an S3 file delivered twice) every one is a
+    duplicate, known without looking up each identifier; and when the set held every row of
+    the chunk, without validating each row again either.
     """
 
     digest = models.CharField(max_length=64)  # BLAKE2b of the identifiers in order, hex

@@ -28,7 +28,6 @@ class UploadForm(forms.Form):
         ),
     )
 
-
     def clean_rows_without_identifier(self) -> str:
         return self.cleaned_data["rows_without_identifier"] or str(
             Upload.RowsWithoutIdentifier.NEW_USAGE
@@ -38,3 +37,4 @@ class UploadForm(forms.Form):
 class ErrorFilterForm(forms.Form):
     code = forms.CharField(required=False, max_length=64)
     page = forms.IntegerField(required=False, min_value=1)
+    duplicates_page = forms.IntegerField(required=False, min_value=1)

@@ -206,3 +206,30 @@ class Upload(models.Model):
             int(pk): (int(total["events"]), Decimal(total["value"]))
             for pk, total in self.meter_totals.items()
         }
+
+
+class UploadDuplicates(models.Model):
+    """The duplicate rows of one committed chunk of an upload: their lines and identifiers.
+
+    One row per chunk, written in the chunk's transaction, so a re-import where every row is
+    a duplicate pays one insert per chunk, not per row. Where each duplicate's twin was
+    recorded is found only when a page of the table or its download is shown
+    (``uploads.selectors``). JSON text, not jsonb: written often, read rarely, never queried.
+    """
+
+    upload = models.ForeignKey(
+        Upload, on_delete=models.CASCADE, related_name="duplicate_chunks", db_index=False
+    )
+    start = models.BigIntegerField()  # the chunk's first record position in the file
+    rows = models.PositiveIntegerField()  # how many duplicates it lists
+    lines = models.TextField()  # JSON: the duplicates' lines, ascending
+    identifiers = models.TextField()  # JSON: their identifiers, in the same order
+
+    class Meta:
+        verbose_name_plural = "upload duplicates"
+        constraints = [
+            models.UniqueConstraint(fields=["upload", "start"], name="uploadduplicates_chunk"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rows} duplicates of upload {self.upload_id} from record {self.start}"

@@ -19,6 +19,7 @@ Cancellation is honoured between chunks; what was committed stays (revert undoes
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import tempfile
 import uuid
@@ -35,6 +36,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from events.ingestion import (
+    EventColumns,
     IngestCounts,
     RejectionInput,
     event_rejections_record,
@@ -45,7 +47,7 @@ from events.models import EventBatch
 from meters.models import Meter
 from uploads.counters import Counter, ExternalCounter
 from uploads.limits import chunk_rows, max_line_bytes, max_upload_bytes, setting
-from uploads.models import Upload
+from uploads.models import Upload, UploadDuplicates
 from uploads.reading import (
     IDENTIFIER_COLUMN,
     FileProblem,
@@ -443,12 +445,28 @@ def _commit_chunk(
                 report=report,
                 parse_failures=len(parse_failures),
             )
+            if report is not None and report.duplicate_rows:
+                _duplicates_record(upload_id, start, built.columns, report.duplicate_rows)
     except _CancelRequested:
         with transaction.atomic():
             upload = _locked_owned(upload_id, token)
             _finish(upload, Upload.Status.CANCELLED, now=timezone.now())
         return False
     return True
+
+
+def _duplicates_record(upload_id: int, start: int, columns: EventColumns, rows: list[int]) -> None:
+    """One row for the chunk's duplicates, in its transaction (after its progress, which
+    makes sure no other run committed the chunk): their lines and identifiers. Where each
+    twin was recorded is looked up only when the duplicates are shown."""
+    rows = sorted(rows)
+    UploadDuplicates.objects.create(
+        upload_id=upload_id,
+        start=start,
+        rows=len(rows),
+        lines=json.dumps([columns.lines[index] for index in rows]),
+        identifiers=json.dumps([columns.identifiers[index] for index in rows]),
+    )
 
 
 def _commit_without_waiting_for_the_flush() -> None:

@@ -19,11 +19,11 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import CharField, F, QuerySet
-from django.db.models.expressions import RawSQL
+from django.db.models import CharField, F, QuerySet, Value
+from django.db.models.functions import Cast, Concat, Substr
 from django.utils import timezone
 
-from events.ingestion.dedup import RELEASED_IDENTIFIER
+from events.ingestion.dedup import RELEASED_IDENTIFIER, RELEASED_LENGTH, RELEASED_PADDING
 from events.ingestion.lookups import IN_CHUNK, chunks
 from events.ingestion.rollups import (
     pg_lock,
@@ -111,10 +111,10 @@ def _plain_cancel(
     changes: dict[str, Any] = {"cancelled_at": now, "cancelled_by": user}
     if release:
         changes["released_identifier"] = F("identifier")
-        changes["identifier"] = RawSQL(
-            RELEASED_IDENTIFIER.format(id=MeterEvent._meta.db_table + ".id"),
-            [],
-            output_field=CharField(),
+        changes["identifier"] = Substr(  # RELEASED_IDENTIFIER of its id
+            Concat(Value("released:"), Cast("id", CharField()), Value(":" + RELEASED_PADDING)),
+            1,
+            RELEASED_LENGTH,
         )
     for chunk in chunks([r[0] for r in rows], IN_CHUNK):
         cancelled += MeterEvent.objects.filter(pk__in=chunk, cancelled_at__isnull=True).update(
@@ -132,7 +132,7 @@ def _pg_cancel(
     """Cancel the not yet cancelled events matching ``condition`` (on ``e``, the events), and
     with ``release`` release their identifiers in the same UPDATE."""
     placeholder = RELEASED_IDENTIFIER.format(id="e.id")
-    released = f", released_identifier = e.identifier, identifier = {placeholder}" if release else ""
+    released = f", released_identifier = e.identifier, identifier = {placeholder}" * release
     keys = (
         "SELECT DISTINCT e.meter_id, e.customer_id, "
         "CASE WHEN m.event_time_window = 'day' THEN date_trunc('day', e.timestamp, 'UTC') "

@@ -33,9 +33,9 @@ StoredRow = tuple[int, int, datetime, Decimal]  # meter_id, customer_id, timesta
 RELEASED_LENGTH = 101  # one more than rules.MAX_IDENTIFIER_LENGTH
 # SQL (PostgreSQL and SQLite alike) for the placeholder of the released identifier of the
 # event whose id is ``{id}``: "released:<id>:" padded with "~" to RELEASED_LENGTH characters.
-_PADDING = "~" * 91  # "released:" (9), the id (at most 19), ":" (1), then at least 72
+RELEASED_PADDING = "~" * 91  # "released:" (9), the id (at most 19), ":" (1), at least 72
 RELEASED_IDENTIFIER = (
-    f"substr('released:' || {{id}} || ':' || '{_PADDING}', 1, {RELEASED_LENGTH})"
+    f"substr('released:' || {{id}} || ':' || '{RELEASED_PADDING}', 1, {RELEASED_LENGTH})"
 )
 
 
