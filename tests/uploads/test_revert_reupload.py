@@ -158,9 +158,7 @@ def test_upload_revert_upload_again_counts_as_the_edit_alone(
 def test_the_same_file_after_a_revert_counts_again_and_pages_show_its_identifiers(
     finance_client: Client, finance_user: User, api_meter: Meter, customers: list[Customer]
 ) -> None:
-    content = csv_of(
-        [Row(1, 1, 5, "inv-1"), Row(2, 2, 3, "inv-2")], identifiers=True, on=day()
-    )
+    content = csv_of([Row(1, 1, 5, "inv-1"), Row(2, 2, 3, "inv-2")], identifiers=True, on=day())
     upload = imported(finance_client, content, COPY)
     reverted(upload, finance_user)
     again = imported(finance_client, content, COPY)
