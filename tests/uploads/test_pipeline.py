@@ -15,9 +15,9 @@ from meters.models import Meter
 from tests.factories import MeterFactory
 from tests.uploads.conftest import HEADER, counted_events, day, post_upload, rollup_total, wait_for
 from uploads.models import Upload
+from usage_portal.models import AuditEntry
 
 COPY = Upload.RowsWithoutIdentifier.CORRECTED_COPY
-from usage_portal.models import AuditEntry
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
