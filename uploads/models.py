@@ -6,8 +6,10 @@ refuses, as an ``EventRejection``) hangs off that batch, so ``batch.upload`` lea
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
+import numpy as np
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -214,7 +216,9 @@ class UploadDuplicates(models.Model):
     One row per chunk, written in the chunk's transaction, so a re-import where every row is
     a duplicate pays one insert per chunk, not per row. Where each duplicate's twin was
     recorded is found only when a page of the table or its download is shown
-    (``uploads.selectors``). JSON text, not jsonb: written often, read rarely, never queried.
+    (``uploads.selectors``). Compact text, built in a few C calls (the chunk's writer thread
+    holds the GIL the parser needs): the lines as runs of consecutive lines, the identifiers
+    joined by newlines (a JSON list when one of them holds a newline).
     """
 
     upload = models.ForeignKey(
@@ -222,8 +226,9 @@ class UploadDuplicates(models.Model):
     )
     start = models.BigIntegerField()  # the chunk's first record position in the file
     rows = models.PositiveIntegerField()  # how many duplicates it lists
-    lines = models.TextField()  # JSON: the duplicates' lines, ascending
-    identifiers = models.TextField()  # JSON: their identifiers, in the same order
+    line_runs = models.TextField()  # JSON: [[first line, last line], ...], ascending
+    identifiers = models.TextField()  # in line order; see ``identifiers_json``
+    identifiers_json = models.BooleanField(default=False)
 
     class Meta:
         verbose_name_plural = "upload duplicates"
@@ -233,3 +238,32 @@ class UploadDuplicates(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rows} duplicates of upload {self.upload_id} from record {self.start}"
+
+    @classmethod
+    def of_chunk(
+        cls, *, upload_id: int, start: int, lines: list[int], identifiers: list[str]
+    ) -> UploadDuplicates:
+        """The row for a chunk's duplicates: ``lines`` ascending, ``identifiers`` alike."""
+        ends = np.flatnonzero(np.diff(np.asarray(lines, dtype=np.int64)) != 1)
+        firsts = [lines[0], *(lines[end + 1] for end in ends.tolist())]
+        lasts = [*(lines[end] for end in ends.tolist()), lines[-1]]
+        joined = "\n".join(identifiers)
+        as_json = joined.count("\n") != len(identifiers) - 1
+        return cls(
+            upload_id=upload_id,
+            start=start,
+            rows=len(lines),
+            line_runs=json.dumps([list(run) for run in zip(firsts, lasts, strict=True)]),
+            identifiers=json.dumps(identifiers) if as_json else joined,
+            identifiers_json=as_json,
+        )
+
+    def entries(self) -> list[tuple[int, str]]:
+        """(line, identifier) of each duplicate, in line order."""
+        lines = [
+            line for first, last in json.loads(self.line_runs) for line in range(first, last + 1)
+        ]
+        identifiers = (
+            json.loads(self.identifiers) if self.identifiers_json else self.identifiers.split("\n")
+        )
+        return list(zip(lines, identifiers, strict=True))

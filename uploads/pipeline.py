@@ -19,7 +19,6 @@ Cancellation is honoured between chunks; what was committed stays (revert undoes
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import tempfile
 import uuid
@@ -460,13 +459,13 @@ def _duplicates_record(upload_id: int, start: int, columns: EventColumns, rows: 
     makes sure no other run committed the chunk): their lines and identifiers. Where each
     twin was recorded is looked up only when the duplicates are shown."""
     rows = sorted(rows)
-    UploadDuplicates.objects.create(
+    lines, identifiers = columns.lines, columns.identifiers
+    UploadDuplicates.of_chunk(
         upload_id=upload_id,
         start=start,
-        rows=len(rows),
-        lines=json.dumps([columns.lines[index] for index in rows]),
-        identifiers=json.dumps([columns.identifiers[index] for index in rows]),
-    )
+        lines=[lines[index] for index in rows],
+        identifiers=[identifiers[index] for index in rows],
+    ).save(force_insert=True)
 
 
 def _commit_without_waiting_for_the_flush() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -194,8 +193,8 @@ def _duplicate_entries(upload: Upload, offset: int, limit: int) -> list[tuple[in
             wanted.append(pk)
         seen += rows
     entries: list[tuple[int, str]] = []
-    for lines, identifiers in chunks.filter(pk__in=wanted).values_list("lines", "identifiers"):
-        entries += zip(json.loads(lines), json.loads(identifiers), strict=True)
+    for chunk in chunks.filter(pk__in=wanted):
+        entries += chunk.entries()
     return entries[offset - before : offset - before + limit]
 
 
@@ -203,8 +202,8 @@ def _all_duplicate_entries(upload: Upload) -> Iterator[list[tuple[int, str]]]:
     """Every (line, identifier) of the upload's duplicates, in batches, in file order."""
     batch: list[tuple[int, str]] = []
     chunks = UploadDuplicates.objects.filter(upload=upload).order_by("start")
-    for lines, identifiers in chunks.values_list("lines", "identifiers").iterator(chunk_size=4):
-        batch += zip(json.loads(lines), json.loads(identifiers), strict=True)
+    for chunk in chunks.iterator(chunk_size=4):
+        batch += chunk.entries()
         while len(batch) >= _TWINS_AT_ONCE:
             yield batch[:_TWINS_AT_ONCE]
             batch = batch[_TWINS_AT_ONCE:]

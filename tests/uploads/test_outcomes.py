@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 from datetime import timedelta
 
@@ -13,6 +14,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
+from hypothesis import given
+from hypothesis import strategies as st
 
 from customers.models import Customer
 from events.ingestion import manual_event_record, meter_event_cancel
@@ -20,7 +23,7 @@ from events.models import MeterEvent
 from meters.models import Meter
 from tests.factories import UserFactory
 from tests.uploads.conftest import HEADER, counted_events, day, post_upload
-from uploads.models import Upload
+from uploads.models import Upload, UploadDuplicates
 from uploads.pipeline import upload_process
 from usage_portal.roles import Role
 
@@ -201,3 +204,19 @@ def test_a_validate_only_run_is_validated_and_its_import_keeps_the_answer(
         2,
     )
     assert counted_events(count_meter) == 3
+
+
+@given(
+    data=st.lists(
+        st.tuples(st.integers(1, 5), st.text(alphabet=st.characters(exclude_characters="\x00"))),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_chunks_duplicates_are_kept_as_they_were(data: list[tuple[int, str]]) -> None:
+    """Lines in runs, identifiers joined by newlines or, when one holds a newline, in JSON."""
+    lines = list(itertools.accumulate(step for step, _ in data))
+    identifiers = [identifier for _, identifier in data]
+    kept = UploadDuplicates.of_chunk(upload_id=1, start=0, lines=lines, identifiers=identifiers)
+    assert kept.entries() == list(zip(lines, identifiers, strict=True))
+    assert kept.rows == len(lines)
