@@ -195,9 +195,9 @@ def _outcome(upload: Upload) -> tuple[str, str]:
     if upload.validate_only:
         return Upload.Status.VALIDATED, ""
     if not upload.rows_imported and upload.rows_failed:
-        already = f" and {upload.rows_duplicate:,} were already recorded" * bool(
-            upload.rows_duplicate
-        )
+        already = ""
+        if upload.rows_duplicate:
+            already = f" and {upload.rows_duplicate:,} were already recorded"
         return Upload.Status.FAILED, (
             f"No row was imported: {upload.rows_failed:,} rows failed{already}. "
             "Fix the failed rows below (download the error file) and upload it again."

@@ -132,7 +132,9 @@ def _pg_cancel(
     """Cancel the not yet cancelled events matching ``condition`` (on ``e``, the events), and
     with ``release`` release their identifiers in the same UPDATE."""
     placeholder = RELEASED_IDENTIFIER.format(id="e.id")
-    released = f", released_identifier = e.identifier, identifier = {placeholder}" * release
+    released = ""
+    if release:
+        released = f", released_identifier = e.identifier, identifier = {placeholder}"
     keys = (
         "SELECT DISTINCT e.meter_id, e.customer_id, "
         "CASE WHEN m.event_time_window = 'day' THEN date_trunc('day', e.timestamp, 'UTC') "
