@@ -253,6 +253,15 @@ def test_a_file_too_large_for_the_counters_memory_counts_identical_rows_on_disk(
 
     assert (first.status, first.rows_imported, first.rows_duplicate) == ("succeeded", 60, 0)
     assert (again.status, again.rows_imported, again.rows_duplicate) == ("nothing_new", 0, 60)
+    # Each duplicate is listed once, with the upload its twin came in (writer threads commit
+    # the chunks, in no set order).
+    response = finance_client.get(f"/uploads/{again.pk}/duplicates.csv")
+    text = b"".join(response.streaming_content).decode("utf-8-sig")  # type: ignore[attr-defined]
+    listed = list(csv.DictReader(io.StringIO(text)))
+    assert [int(row["line"]) for row in listed] == list(range(2, 62))
+    assert {row["recorded_in_upload"].rsplit("/uploads/", 1)[1] for row in listed} == {
+        f"{first.pk}/"
+    }
     stored = set(MeterEvent.objects.filter(batch=first.batch).values_list("identifier", flat=True))
     in_memory = {row.event.identifier for row in parse_in_memory(content) if row.event}
     assert stored == in_memory and len(stored) == 60
