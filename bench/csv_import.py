@@ -189,7 +189,12 @@ def _import(label: str, path: Path, user: object) -> Result:
     try:
         time.sleep(4)  # let the worker connect before the clock starts
         with path.open("rb") as handle:
-            upload = upload_create(file=File(handle, name=path.name), user=user)  # type: ignore[arg-type]
+            # A corrected copy: the re-import of the same file is then every row a duplicate.
+            upload = upload_create(
+                file=File(handle, name=path.name),  # type: ignore[arg-type]
+                user=user,  # type: ignore[arg-type]
+                rows_without_identifier=Upload.RowsWithoutIdentifier.CORRECTED_COPY,
+            )
         while True:
             time.sleep(0.1)
             upload.refresh_from_db()
@@ -203,7 +208,8 @@ def _import(label: str, path: Path, user: object) -> Result:
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=60)
-    if upload.status not in (Upload.Status.SUCCEEDED, Upload.Status.SUCCEEDED_WITH_ERRORS):
+    finished = (Upload.Status.SUCCEEDED, Upload.Status.SUCCEEDED_WITH_ERRORS)
+    if upload.status not in (*finished, Upload.Status.NOTHING_NEW):
         sys.exit(f"{label}: {upload.status} {upload.failed_reason}")
     assert upload.queued_at and upload.finished_at and upload.started_at
     return Result(

@@ -19,9 +19,9 @@ class EventBatchAdmin(ReadOnlyAdmin):
 
 @admin.register(MeterEvent)
 class MeterEventAdmin(ReadOnlyAdmin):
-    list_display = ("identifier", "meter", "customer", "timestamp", "value", "cancelled_at")
+    list_display = ("shown_identifier", "meter", "customer", "timestamp", "value", "cancelled_at")
     list_filter = ("meter",)
-    search_fields = ("identifier",)
+    search_fields = ("identifier", "released_identifier")
     list_select_related = ("meter", "customer")
     raw_id_fields = ("meter", "customer", "batch", "cancelled_by")
     show_full_result_count = False  # COUNT(*) over millions of events is slow

@@ -54,8 +54,18 @@ class MeterEvent(models.Model):
 
     # Compared byte by byte ("BINARY": SQLite's own, on PostgreSQL a copy of "C" made by
     # migration 0008): an identifier is a key, not text to sort for people, and the unique
-    # index costs less to fill without locale-aware comparisons.
-    identifier = models.CharField(max_length=100, db_collation="BINARY")
+    # index costs less to fill without locale-aware comparisons. A valid identifier has at
+    # most 100 characters (``rules.MAX_IDENTIFIER_LENGTH``); the 101-character ones are the
+    # placeholders of released identifiers (``dedup.RELEASED_IDENTIFIER``), which no event
+    # sent can equal.
+    identifier = models.CharField(max_length=101, db_collation="BINARY")
+    # The identifier an event was sent with, once a revert released it (then ``identifier``
+    # holds the placeholder): pages show this one. NULL for every other event.
+    # NULL, not "": adding a nullable column is instant on SQLite (with a default, Django
+    # rebuilds the table), and the partial index below holds released events only.
+    released_identifier = models.CharField(  # noqa: DJ001
+        max_length=100, null=True, blank=True, db_collation="BINARY"
+    )
     # No single-column FK indexes: the composite index below serves them, and every index
     # costs time on bulk inserts. No database FOREIGN KEY constraints either (HOT_PATH_FK):
     meter = models.ForeignKey(
@@ -109,10 +119,22 @@ class MeterEvent(models.Model):
         ]
         indexes = [
             models.Index(fields=["meter", "customer", "timestamp"], name="event_meter_cust_ts"),
+            # Only released events have an entry: the duplicates table finds the twin a
+            # revert released, without an index entry per ordinary event.
+            models.Index(
+                fields=["released_identifier"],
+                name="event_released_identifier",
+                condition=models.Q(released_identifier__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
-        return self.identifier
+        return self.shown_identifier
+
+    @property
+    def shown_identifier(self) -> str:
+        """The identifier as it was sent, also after a revert released it."""
+        return self.released_identifier or self.identifier
 
     @property
     def event_name(self) -> str:
@@ -166,10 +188,11 @@ class StoredIdentifierSet(models.Model):
     were derived from: a fingerprint of one chunk of a file (see ``meter_events_ingest_columns``).
 
     Recorded when every event of the chunk that passed validation was stored or found stored
-    with the same content. Identifiers are never freed and a derived identifier names its
-    content, so when the same events come again (the same file uploaded twice, an S3 file
-    delivered twice) every one is a duplicate, known without looking up each identifier; and
-    when the set held every row of the chunk, without validating each row again either.
+    with the same content. A derived identifier names its content and is freed only by a
+    revert, which deletes every set (``event_batch_cancel``), so when the same events come
+    again (the same file uploaded twice, an S3 file delivered twice) every one is a
+    duplicate, known without looking up each identifier; and when the set held every row of
+    the chunk, without validating each row again either.
     """
 
     digest = models.CharField(max_length=64)  # BLAKE2b of the identifiers in order, hex

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from customers.models import Customer
 from events.models import EventBatch, EventRejection, MeterEvent
@@ -130,7 +130,10 @@ def event_explorer(
     if filters.end is not None:
         events = events.filter(timestamp__lt=filters.end)
     if filters.identifier:
-        events = events.filter(identifier=filters.identifier)
+        # Also the events a revert released the identifier of (they show it as sent).
+        events = events.filter(
+            Q(identifier=filters.identifier) | Q(released_identifier=filters.identifier)
+        )
     if filters.status == EventStatus.ACCEPTED:
         events = events.filter(cancelled_at__isnull=True, superseded=False)
     elif filters.status == EventStatus.SUPERSEDED:

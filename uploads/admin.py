@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from uploads.models import Upload
+from uploads.models import Upload, UploadDuplicates
+from usage_portal.admin import ReadOnlyAdmin
 
 
 @admin.register(Upload)
@@ -28,3 +29,11 @@ class UploadAdmin(admin.ModelAdmin):
         "cancel_requested_by",
     )
     readonly_fields = ("created",)
+
+
+@admin.register(UploadDuplicates)
+class UploadDuplicatesAdmin(ReadOnlyAdmin):
+    """Written only by the pipeline; the upload page shows them with their twins."""
+
+    list_display = ("upload", "start", "rows")
+    raw_id_fields = ("upload",)

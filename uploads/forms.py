@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django import forms
 
+from uploads.models import Upload
+
 
 class UploadForm(forms.Form):
     file = forms.FileField(
@@ -12,6 +14,14 @@ class UploadForm(forms.Form):
             attrs={"accept": ".csv,.gz,.csv.gz,.txt,.tsv,text/csv,text/plain"}
         ),
     )
+    rows_without_identifier = forms.ChoiceField(
+        label="Rows without an identifier are",
+        choices=Upload.RowsWithoutIdentifier.choices,
+        initial=Upload.RowsWithoutIdentifier.NEW_USAGE,
+        widget=forms.RadioSelect,
+        required=False,  # left out (a script posting the form): new usage, the default
+        help_text="A row with an identifier is counted once per identifier either way.",
+    )
     validate_only = forms.BooleanField(
         required=False,
         label="Validate only",
@@ -21,7 +31,13 @@ class UploadForm(forms.Form):
         ),
     )
 
+    def clean_rows_without_identifier(self) -> str:
+        return self.cleaned_data["rows_without_identifier"] or str(
+            Upload.RowsWithoutIdentifier.NEW_USAGE
+        )
+
 
 class ErrorFilterForm(forms.Form):
     code = forms.CharField(required=False, max_length=64)
     page = forms.IntegerField(required=False, min_value=1)
+    duplicates_page = forms.IntegerField(required=False, min_value=1)

@@ -6,8 +6,10 @@ refuses, as an ``EventRejection``) hangs off that batch, so ``batch.upload`` lea
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
+import numpy as np
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -23,14 +25,28 @@ class Upload(models.Model):
         IMPORTING = "importing", "Importing"
         SUCCEEDED = "succeeded", "Succeeded"
         SUCCEEDED_WITH_ERRORS = "succeeded_with_errors", "Succeeded with errors"
-        FAILED = "failed", "Failed"
+        # Every row was a duplicate: a warning, not a success (nothing was counted).
+        NOTHING_NEW = "nothing_new", "Nothing new"
+        VALIDATED = "validated", "Validated"  # a validate-only run that read the whole file
+        FAILED = "failed", "Failed"  # the file could not be read, or no row could be imported
         CANCELLED = "cancelled", "Cancelled"
+
+    class RowsWithoutIdentifier(models.TextChoices):
+        """What a file's rows without an identifier are (rows with one are counted once)."""
+
+        NEW_USAGE = "new_usage", "new usage: count every row"
+        CORRECTED_COPY = (
+            "corrected_copy",
+            "a corrected copy of an earlier file: don't count rows already imported",
+        )
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.VALIDATING, Status.IMPORTING)
     RUNNING_STATUSES = (Status.VALIDATING, Status.IMPORTING)
     FINISHED_STATUSES = (
         Status.SUCCEEDED,
         Status.SUCCEEDED_WITH_ERRORS,
+        Status.NOTHING_NEW,
+        Status.VALIDATED,
         Status.FAILED,
         Status.CANCELLED,
     )
@@ -43,6 +59,15 @@ class Upload(models.Model):
     )
     created = models.DateTimeField(auto_now_add=True)
     validate_only = models.BooleanField(default=False)
+    # New usage: each such row gets an identifier of this upload and its line, so identical
+    # rows all count (Stripe counts every event sent without an identifier). A corrected
+    # copy: an identifier derived from the row's content and its rank among identical rows
+    # (``uploads.rows``), so rows imported before are duplicates.
+    rows_without_identifier = models.CharField(
+        max_length=16,
+        choices=RowsWithoutIdentifier.choices,
+        default=RowsWithoutIdentifier.NEW_USAGE,
+    )
     # A real import started from a finished validate-only run of the same stored file.
     validated_upload = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="imports"
@@ -177,14 +202,80 @@ class Upload(models.Model):
     @property
     def can_import(self) -> bool:
         """A finished validate-only run whose stored file can now be imported for real."""
-        return (
-            self.validate_only
-            and self.status in (self.Status.SUCCEEDED, self.Status.SUCCEEDED_WITH_ERRORS)
-            and bool(self.file)
-        )
+        return self.validate_only and self.status == self.Status.VALIDATED and bool(self.file)
+
+    @property
+    def counts_identical_rows(self) -> bool:
+        """Rows without an identifier are new usage: every one counts."""
+        return self.rows_without_identifier == self.RowsWithoutIdentifier.NEW_USAGE
+
+    def row_identifier_prefix(self) -> str | None:
+        """For new usage, what a row without an identifier gets before its line: unique to
+        this upload and the same on every run of it (a resumed run never counts a row
+        twice). None for a corrected copy: identifiers come from the rows' content."""
+        return f"csvrow_{self.pk}_" if self.counts_identical_rows else None
 
     def meter_total_values(self) -> dict[int, tuple[int, Decimal]]:
         return {
             int(pk): (int(total["events"]), Decimal(total["value"]))
             for pk, total in self.meter_totals.items()
         }
+
+
+class UploadDuplicates(models.Model):
+    """The duplicate rows of one committed chunk of an upload: their lines and identifiers.
+
+    One row per chunk, written in the chunk's transaction, so a re-import where every row is
+    a duplicate pays one insert per chunk, not per row. Where each duplicate's twin was
+    recorded is found only when a page of the table or its download is shown
+    (``uploads.selectors``). Compact text, built in a few C calls (the chunk's writer thread
+    holds the GIL the parser needs): the lines as runs of consecutive lines, the identifiers
+    joined by newlines (a JSON list when one of them holds a newline).
+    """
+
+    upload = models.ForeignKey(
+        Upload, on_delete=models.CASCADE, related_name="duplicate_chunks", db_index=False
+    )
+    start = models.BigIntegerField()  # the chunk's first record position in the file
+    rows = models.PositiveIntegerField()  # how many duplicates it lists
+    line_runs = models.TextField()  # JSON: [[first line, last line], ...], ascending
+    identifiers = models.TextField()  # in line order; see ``identifiers_json``
+    identifiers_json = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name_plural = "upload duplicates"
+        constraints = [
+            models.UniqueConstraint(fields=["upload", "start"], name="uploadduplicates_chunk"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rows} duplicates of upload {self.upload_id} from record {self.start}"
+
+    @classmethod
+    def of_chunk(
+        cls, *, upload_id: int, start: int, lines: list[int], identifiers: list[str]
+    ) -> UploadDuplicates:
+        """The row for a chunk's duplicates: ``lines`` ascending, ``identifiers`` alike."""
+        ends = np.flatnonzero(np.diff(np.asarray(lines, dtype=np.int64)) != 1)
+        firsts = [lines[0], *(lines[end + 1] for end in ends.tolist())]
+        lasts = [*(lines[end] for end in ends.tolist()), lines[-1]]
+        joined = "\n".join(identifiers)
+        as_json = joined.count("\n") != len(identifiers) - 1
+        return cls(
+            upload_id=upload_id,
+            start=start,
+            rows=len(lines),
+            line_runs=json.dumps([list(run) for run in zip(firsts, lasts, strict=True)]),
+            identifiers=json.dumps(identifiers) if as_json else joined,
+            identifiers_json=as_json,
+        )
+
+    def entries(self) -> list[tuple[int, str]]:
+        """(line, identifier) of each duplicate, in line order."""
+        lines = [
+            line for first, last in json.loads(self.line_runs) for line in range(first, last + 1)
+        ]
+        identifiers = (
+            json.loads(self.identifiers) if self.identifiers_json else self.identifiers.split("\n")
+        )
+        return list(zip(lines, identifiers, strict=True))

@@ -37,6 +37,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from events.ingestion import (
+    EventColumns,
     IngestCounts,
     RejectionInput,
     event_rejections_record,
@@ -47,7 +48,7 @@ from events.models import EventBatch
 from meters.models import Meter
 from uploads.counters import Counter, ExternalCounter
 from uploads.limits import chunk_rows, max_columns, max_line_bytes, max_upload_bytes, setting
-from uploads.models import Upload
+from uploads.models import Upload, UploadDuplicates
 from uploads.pulse import CancelRequested, Pulse, RunSuperseded, run_check
 from uploads.reading import (
     IDENTIFIER_COLUMN,
@@ -171,7 +172,9 @@ def _process(upload: Upload, token: str, pulse: Pulse) -> None:
     upload, header = validated
     try:
         with _occurrence_counter(upload, header, meters, pulse) as occurrences:
-            builder = RowBuilder(header, meters, occurrences)
+            builder = RowBuilder(
+                header, meters, occurrences, line_prefix=upload.row_identifier_prefix()
+            )
             completed = _import(upload, token, builder, pulse)
     except FileProblem as error:
         # The first pass read the same bytes, so only a file changed underneath gets here.
@@ -184,10 +187,28 @@ def _process(upload: Upload, token: str, pulse: Pulse) -> None:
 def _succeed(upload_id: int, token: str) -> None:
     with transaction.atomic():
         upload = _locked_owned(upload_id, token)
-        status = (
-            Upload.Status.SUCCEEDED_WITH_ERRORS if upload.rows_failed else Upload.Status.SUCCEEDED
+        status, reason = _outcome(upload)
+        _finish(upload, status, now=timezone.now(), reason=reason)
+
+
+def _outcome(upload: Upload) -> tuple[str, str]:
+    """The status of a run that read the whole file, as its counts tell it, and why when it
+    is not a success."""
+    if upload.validate_only:
+        return Upload.Status.VALIDATED, ""
+    if not upload.rows_imported and upload.rows_failed:
+        already = ""
+        if upload.rows_duplicate:
+            already = f" and {upload.rows_duplicate:,} were already recorded"
+        return Upload.Status.FAILED, (
+            f"No row was imported: {upload.rows_failed:,} rows failed{already}. "
+            "Fix the failed rows below (download the error file) and upload it again."
         )
-        _finish(upload, status, now=timezone.now())
+    if not upload.rows_imported and upload.rows_duplicate:
+        return Upload.Status.NOTHING_NEW, "Nothing new: every row was already recorded."
+    if upload.rows_failed:
+        return Upload.Status.SUCCEEDED_WITH_ERRORS, ""
+    return Upload.Status.SUCCEEDED, ""
 
 
 def _cancelled(upload_id: int, token: str) -> None:
@@ -248,7 +269,8 @@ def _occurrence_counter(
     """The identical-row counter for the import: None (the row builder's own, in memory),
     or for a file too large for its memory one worked out on disk, in a scratch folder that
     lasts while the context does."""
-    if (upload.rows_total or 0) <= setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000):
+    small = (upload.rows_total or 0) <= setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000)
+    if small or upload.counts_identical_rows:  # new usage: rows are not counted alike
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="upload-counts-") as scratch:
@@ -440,10 +462,26 @@ def _commit_chunk(
                 report=report,
                 parse_failures=len(parse_failures),
             )
+            if report is not None and report.duplicate_rows:
+                _duplicates_record(upload_id, start, built.columns, report.duplicate_rows)
     except CancelRequested:
         _cancelled(upload_id, token)
         return False
     return True
+
+
+def _duplicates_record(upload_id: int, start: int, columns: EventColumns, rows: list[int]) -> None:
+    """One row for the chunk's duplicates, in its transaction (after its progress, which
+    makes sure no other run committed the chunk): their lines and identifiers. Where each
+    twin was recorded is looked up only when the duplicates are shown."""
+    rows = sorted(rows)
+    lines, identifiers = columns.lines, columns.identifiers
+    UploadDuplicates.of_chunk(
+        upload_id=upload_id,
+        start=start,
+        lines=[lines[index] for index in rows],
+        identifiers=[identifiers[index] for index in rows],
+    ).save(force_insert=True)
 
 
 def _commit_without_waiting_for_the_flush() -> None:

@@ -1,10 +1,12 @@
 """Building rows from records: a chunk of CSV records becomes events in columns for the
 ingestion core (``EventColumns``), and the rows the parser refuses itself become errors.
 
-Work is column by column (one list or Arrow operation per column rather than per-row steps);
-identifiers of rows without one are derived in Arrow from their content and the number of
-identical rows before them in the file (``uploads.counters``), so re-uploading a file, or a
-corrected one, never counts a row twice.
+Work is column by column (one list or Arrow operation per column rather than per-row steps).
+Rows without an identifier get one of two kinds, as the upload says (``Upload.
+rows_without_identifier``): for new usage, one of the upload and the row's line, so every row
+counts; for a corrected copy of an earlier file, one derived in Arrow from the row's content
+and the number of identical rows before it in the file (``uploads.counters``), so rows
+imported before are not counted twice.
 """
 
 from __future__ import annotations
@@ -140,8 +142,9 @@ def normalized_value(text: str) -> str:
 class RowBuilder:
     """Turns records into ``ParsedRow``s: events for the core, or the parser's own errors.
 
-    Rows without an identifier get one derived from their content and the number of identical
-    rows before them, so re-uploading a file (or a corrected one) never counts a row twice.
+    Rows without an identifier get ``line_prefix`` + their line when it is given (new usage:
+    every row counts), else one derived from their content and the number of identical rows
+    before them, so re-uploading a file (or a corrected one) never counts a row twice.
     """
 
     def __init__(
@@ -149,7 +152,10 @@ class RowBuilder:
         header: list[str],
         meters: Mapping[str, MeterKeys],
         occurrences: Counter | None = None,
+        *,
+        line_prefix: str | None = None,
     ) -> None:
+        self.line_prefix = line_prefix
         self.header = header
         self.positions = column_positions(header)
         self.width = len(header)
@@ -203,7 +209,10 @@ class RowBuilder:
             lines, names, rows = _taken(lines, keep), _taken(names, keep), _taken(rows, keep)
             timestamps, identifiers = _taken(timestamps, keep), _taken(identifiers, keep)
             payload = {key: _taken(values, keep) for key, values in payload.items()}
-        self._derive_identifiers(names, timestamps, identifiers, payload)  # type: ignore[arg-type]
+        if self.line_prefix is not None:
+            _line_identifiers(self.line_prefix, lines, identifiers)
+        else:
+            self._derive_identifiers(names, timestamps, identifiers, payload)  # type: ignore[arg-type]
         events = EventColumns(
             names,
             timestamps,  # type: ignore[arg-type]
@@ -211,7 +220,7 @@ class RowBuilder:
             payload,
             lines,
             RawRows(self.header, rows, self.positions),
-            content_addressed=self.identifier_index is None,
+            content_addressed=self.identifier_index is None and self.line_prefix is None,
         )
         return BuiltChunk(columns=events, errors=errors, records=len(chunk))
 
@@ -364,6 +373,14 @@ class RowBuilder:
             customers = pc.if_else(of_meter, payload_column(meter.customer_key), customers)
             values = pc.if_else(of_meter, payload_column(meter.value_key), values)
         return customers, values
+
+
+def _line_identifiers(prefix: str, lines: list[int], identifiers: list[str]) -> None:
+    """Fill in the identifiers of rows that have none: ``prefix`` + the row's line (a
+    record's first line), the same on every run of the upload."""
+    for position, identifier in enumerate(identifiers):
+        if not identifier:
+            identifiers[position] = prefix + str(lines[position])
 
 
 def _columns_of(rows: list[list[str]], *, width: int) -> tuple[list[list[str]], list[list[str]]]:

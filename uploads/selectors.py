@@ -7,16 +7,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
+from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
-from events.models import EventRejection
+from events.models import EventBatch, EventRejection, MeterEvent
 from meters.models import Meter
 from uploads.advice import advice_for
-from uploads.models import Upload
+from uploads.models import Upload, UploadDuplicates
 from uploads.reading import escape_cell
+from usage_portal.pagination import Page
 
 ERROR_FILE_COLUMNS = ("line", "error_code", "error_message")
 
@@ -210,3 +213,159 @@ def uploads_any_active(*, pks: list[int] | None = None) -> bool:
     if pks is not None:
         queryset = queryset.filter(pk__in=pks)
     return queryset.exists()
+
+
+# --- Duplicates: where each one's twin was recorded ---------------------------------------------
+DUPLICATE_FILE_COLUMNS = ("line", "identifier", "recorded", "recorded_in_upload")
+_TWINS_AT_ONCE = 2000  # identifiers looked up per query
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateRow:
+    """A duplicate row, and where the event with its identifier (its twin) was recorded."""
+
+    line: int
+    identifier: str
+    recorded: str  # in words: "upload usage.csv, 2026-03-10 12:00 UTC, by Fiona"...
+    twin_upload: Upload | None = None  # the upload it came in, linked from the table
+
+
+def upload_duplicates(
+    *, upload: Upload, number: int | None, per_page: int = 50
+) -> Page[DuplicateRow]:
+    """Page ``number`` (1-based) of the upload's duplicate rows in file order, their twins
+    found for this page only."""
+    page_number = max(1, number or 1)
+    offset = (page_number - 1) * per_page
+    entries = _duplicate_entries(upload, offset, per_page + 1)
+    rows = _twins_described(upload, entries[:per_page])
+    return Page(items=rows, number=page_number, per_page=per_page, has_next=len(entries) > per_page)
+
+
+def _duplicate_entries(upload: Upload, offset: int, limit: int) -> list[tuple[int, str]]:
+    """(line, identifier) of duplicates ``offset`` to ``offset + limit``, reading only the
+    chunks that hold them."""
+    chunks = UploadDuplicates.objects.filter(upload=upload).order_by("start")
+    wanted: list[int] = []
+    before = seen = 0  # duplicates in the chunks before the first one wanted
+    for pk, rows in chunks.values_list("pk", "rows"):
+        if seen + rows > offset and seen < offset + limit:
+            before = before if wanted else seen
+            wanted.append(pk)
+        seen += rows
+    entries: list[tuple[int, str]] = []
+    for chunk in chunks.filter(pk__in=wanted):
+        entries += chunk.entries()
+    return entries[offset - before : offset - before + limit]
+
+
+def _all_duplicate_entries(upload: Upload) -> Iterator[list[tuple[int, str]]]:
+    """Every (line, identifier) of the upload's duplicates, in batches, in file order."""
+    batch: list[tuple[int, str]] = []
+    chunks = UploadDuplicates.objects.filter(upload=upload).order_by("start")
+    for chunk in chunks.iterator(chunk_size=4):
+        batch += chunk.entries()
+        while len(batch) >= _TWINS_AT_ONCE:
+            yield batch[:_TWINS_AT_ONCE]
+            batch = batch[_TWINS_AT_ONCE:]
+    if batch:
+        yield batch
+
+
+def _twins_described(upload: Upload, entries: list[tuple[int, str]]) -> list[DuplicateRow]:
+    """Each duplicate with where its twin was recorded: the event holding its identifier, or
+    failing that the one a revert released it from, or else an earlier row of this file (a
+    validate-only run stores nothing)."""
+    identifiers = [identifier for _, identifier in entries]
+    fields = (
+        "identifier",
+        "released_identifier",
+        "batch_id",
+        "line",
+        "cancelled_at",
+        "cancelled_by_id",
+    )
+    held = {
+        row["identifier"]: row
+        for row in MeterEvent.objects.filter(identifier__in=identifiers).values(*fields)
+    }
+    released = {
+        row["released_identifier"]: row
+        for row in MeterEvent.objects.filter(released_identifier__in=set(identifiers) - held.keys())
+        .order_by("cancelled_at")
+        .values(*fields)
+    }  # the latest revert wins
+    events = [*held.values(), *released.values()]
+    batches = EventBatch.objects.in_bulk({event["batch_id"] for event in events})
+    uploads = {
+        found.batch_id: found
+        for found in Upload.objects.filter(batch_id__in=batches).select_related("uploaded_by")
+    }
+    users = User.objects.in_bulk(
+        {batch.user_id for batch in batches.values() if batch.user_id}
+        | {event["cancelled_by_id"] for event in events if event["cancelled_by_id"]}
+    )
+    rows = []
+    for line, identifier in entries:
+        twin = held.get(identifier)
+        if twin is not None:
+            recorded, twin_upload = _recorded(upload, twin, batches, uploads, users)
+        elif identifier in released:
+            twin_upload = uploads.get(released[identifier]["batch_id"])
+            name = twin_upload.original_name if twin_upload else "another upload"
+            recorded = f"cancelled by the revert of upload {name}"
+            if twin_upload is not None:
+                recorded += f" ({twin_upload.pk})"
+        else:
+            recorded, twin_upload = "earlier in this file", None
+        rows.append(DuplicateRow(line, identifier, recorded, twin_upload))
+    return rows
+
+
+def _recorded(
+    upload: Upload,
+    twin: dict[str, Any],
+    batches: dict[int, EventBatch],
+    uploads: dict[int, Upload],
+    users: dict[int, User],
+) -> tuple[str, Upload | None]:
+    """Where the stored ``twin`` was recorded, in words, and its upload if it came in one."""
+    batch = batches[twin["batch_id"]]
+    twin_upload = uploads.get(batch.pk)
+    if batch.pk == upload.batch_id:
+        recorded, twin_upload = f"earlier in this file (line {twin['line']})", None
+    elif twin_upload is not None:
+        recorded = (
+            f"upload {twin_upload.original_name}, {twin_upload.created:%Y-%m-%d %H:%M} UTC, "
+            f"by {_name(twin_upload.uploaded_by)}"
+        )
+    else:
+        who = _name(users.get(batch.user_id)) if batch.user_id else "no user"
+        recorded = (
+            f"{batch.get_source_display()} batch {batch.pk}, "
+            f"{batch.created:%Y-%m-%d %H:%M} UTC, by {who}"
+        )
+    if twin["cancelled_at"] is not None:
+        canceller = users.get(twin["cancelled_by_id"])
+        recorded += (
+            f"; cancelled on {twin['cancelled_at']:%Y-%m-%d %H:%M} UTC by {_name(canceller)}"
+        )
+    return recorded, twin_upload
+
+
+def _name(user: User | None) -> str:
+    if user is None:
+        return "someone no longer known"
+    return user.get_full_name() or user.username
+
+
+def upload_duplicate_file_lines(*, upload: Upload, base_url: str = "") -> Iterator[str]:
+    """The duplicates as CSV text, streamed: line, identifier, where the twin was recorded,
+    and the page of the upload it came in (``base_url`` makes the link absolute)."""
+    writer = csv.writer(_Echo())
+    yield "\ufeff" + writer.writerow(DUPLICATE_FILE_COLUMNS)
+    for entries in _all_duplicate_entries(upload):
+        for row in _twins_described(upload, entries):
+            link = base_url + row.twin_upload.get_absolute_url() if row.twin_upload else ""
+            cells = [str(row.line), row.identifier, row.recorded, link]
+            yield writer.writerow([escape_cell(cell) for cell in cells])

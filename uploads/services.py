@@ -29,8 +29,15 @@ logger = logging.getLogger(__name__)
 
 # --- Creating and enqueueing ------------------------------------------------------------------
 @transaction.atomic
-def upload_create(*, file: UploadedFile, user: User, validate_only: bool = False) -> Upload:
+def upload_create(
+    *,
+    file: UploadedFile,
+    user: User,
+    validate_only: bool = False,
+    rows_without_identifier: str = Upload.RowsWithoutIdentifier.NEW_USAGE,
+) -> Upload:
     """Store the file (streamed by Django's storage API) and queue its processing.
+    ``rows_without_identifier`` says what rows without an identifier are (see ``Upload``).
 
     A file over the size limit is not stored: the upload is recorded as failed at once.
     """
@@ -42,6 +49,7 @@ def upload_create(*, file: UploadedFile, user: User, validate_only: bool = False
         size_bytes=size,
         uploaded_by=user,
         validate_only=validate_only,
+        rows_without_identifier=rows_without_identifier,
         batch=batch,
     )
     if size > max_upload_bytes():
@@ -65,6 +73,7 @@ def upload_create(*, file: UploadedFile, user: User, validate_only: bool = False
             "file": [None, name],
             "size_bytes": [None, size],
             "validate_only": [None, validate_only],
+            "rows_without_identifier": [None, rows_without_identifier],
         },
     )
     return upload
@@ -272,6 +281,7 @@ def upload_import_validated(*, upload: Upload, user: User) -> Upload:
         uploaded_by=user,
         validate_only=False,
         validated_upload=upload,
+        rows_without_identifier=upload.rows_without_identifier,  # as it was validated
         batch=batch,
     )
     imported.file.name = upload.file.name  # the same stored file, not a copy

@@ -12,6 +12,9 @@ urlpatterns = [
     path("templates/<str:meter_id>.csv", views.upload_template, name="upload_template"),
     path("<int:upload_pk>/", views.upload_detail, name="upload_detail"),
     path("<int:upload_pk>/errors.csv", views.upload_error_file, name="upload_error_file"),
+    path(
+        "<int:upload_pk>/duplicates.csv", views.upload_duplicate_file, name="upload_duplicate_file"
+    ),
     path("<int:upload_pk>/cancel/", views.upload_cancel, name="upload_cancel"),
     path("<int:upload_pk>/revert/", views.upload_revert, name="upload_revert"),
     path("<int:upload_pk>/import/", views.upload_import, name="upload_import"),

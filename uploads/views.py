@@ -53,6 +53,7 @@ def upload_create(request: HtmxHttpRequest) -> HttpResponse:
             file=form.cleaned_data["file"],
             user=request.user,
             validate_only=form.cleaned_data["validate_only"],
+            rows_without_identifier=form.cleaned_data["rows_without_identifier"],
         )
         return redirect(upload)
     context = {
@@ -90,9 +91,15 @@ def upload_detail(request: HtmxHttpRequest, upload_pk: int) -> HttpResponse:
             errors, items=selectors.upload_error_rows(rejections=errors.items, columns=columns)
         )
         context["error_columns"] = columns
+    if upload.is_finished and upload.rows_duplicate:
+        context["duplicates"] = selectors.upload_duplicates(
+            upload=upload, number=filters.cleaned_data.get("duplicates_page"), per_page=50
+        )
     if request.htmx:
         if request.htmx.target == "upload-errors":
             return render(request, "uploads/upload_detail.html#errors", context)
+        if request.htmx.target == "upload-duplicates":
+            return render(request, "uploads/upload_detail.html#duplicates", context)
         status = 200 if upload.needs_polling else STOP_POLLING
         return render(request, "uploads/upload_detail.html#live", context, status=status)
     return render(request, "uploads/upload_detail.html", context)
@@ -105,12 +112,29 @@ def upload_error_file(request: HtmxHttpRequest, upload_pk: int) -> StreamingHttp
     response = StreamingHttpResponse(
         selectors.upload_error_file_lines(upload=upload), content_type="text/csv; charset=utf-8"
     )
-    stem = upload.original_name.removesuffix(".gz").removesuffix(".csv")
-    safe_stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:80]
     response["Content-Disposition"] = (
-        f'attachment; filename="errors-{upload.pk}-{safe_stem or "upload"}.csv"'
+        f'attachment; filename="errors-{upload.pk}-{_safe_stem(upload)}.csv"'
     )
     return response
+
+
+@require_GET
+@role_required(Role.SUPPORT)
+def upload_duplicate_file(request: HtmxHttpRequest, upload_pk: int) -> StreamingHttpResponse:
+    upload = _upload_or_404(upload_pk)
+    lines = selectors.upload_duplicate_file_lines(
+        upload=upload, base_url=request.build_absolute_uri("/").rstrip("/")
+    )
+    response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="duplicates-{upload.pk}-{_safe_stem(upload)}.csv"'
+    )
+    return response
+
+
+def _safe_stem(upload: Upload) -> str:
+    stem = upload.original_name.removesuffix(".gz").removesuffix(".csv")
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:80] or "upload"
 
 
 def _act(request: HtmxHttpRequest, upload: Upload, action: str) -> HttpResponse:

@@ -88,7 +88,8 @@ class Accepted:
 
 class ColumnsIntake:
     """The rows of ``columns`` sorted into candidates (``accepted``), duplicates within the
-    chunk and rejections (``counts``, ``rejections``)."""
+    chunk and rejections (``counts``, ``rejections``). Every duplicate is counted, and its
+    row recorded (``counts.duplicate_rows``), here: by ``_settle`` or ``duplicates_all``."""
 
     def __init__(self, columns: EventColumns, batch: EventBatch, ctx: Context) -> None:
         self.columns, self.batch, self.ctx = columns, batch, ctx
@@ -143,6 +144,11 @@ class ColumnsIntake:
             self._settle(index, position, row[0], differences, held is not None)
         self.repeats = []
 
+    def duplicates_all(self) -> None:
+        """Every candidate is a duplicate: its events were all stored before, alike."""
+        self.counts.duplicates += len(self.accepted.positions)
+        self.counts.duplicate_rows += self.accepted.positions
+
     def settle_repeats(self, *, stored: bool) -> None:
         """Judge the chunk's repeats against the first rows with their identifiers, when
         those are known to equal what is stored (``stored``) or nothing is."""
@@ -158,6 +164,7 @@ class ColumnsIntake:
         nothing differs, else a conflict with the stored event or the earlier row."""
         if not differences:
             self.counts.duplicates += 1
+            self.counts.duplicate_rows.append(index)
             return
         identifier = self.accepted.identifiers[position]
         self.reject(

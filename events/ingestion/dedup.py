@@ -7,8 +7,18 @@ SAME CONTENT means the same meter (event name), the same customer, the same valu
 (numerically: ``1.0`` equals ``1``) and the same timestamp (to the second) -- the timestamp
 is not compared when the new event has none, so a retried "now" event is still a
 duplicate. Other payload keys do NOT count: they are not metered. A rejected event claims no
-identifier. A cancelled event keeps its identifier: sending it again is a duplicate (or a
-conflict) and does not revive it.
+identifier.
+
+CANCELLED EVENTS. An event cancelled on its own (``meter_event_cancel``) keeps its identifier,
+as on Stripe: sending it again is a duplicate (or a conflict) and does not revive it. A batch
+cancelled whole (``event_batch_cancel``: the revert of an upload) RELEASES its events'
+identifiers: a revert must never block a re-upload, so sending the same or a corrected file
+afterwards counts each of its rows once again. A released event keeps the identifier it was
+sent with in ``released_identifier``; its ``identifier`` becomes ``RELEASED_IDENTIFIER`` of
+its id: 101 characters, longer than any valid identifier, so no event sent can equal it, the
+unique constraint stays, and every lookup by identifier stays as it is. The revert also
+deletes every ``StoredIdentifierSet`` (a set may hold a released identifier; which ones do is
+not recorded), so the next import of each file looks its identifiers up once again.
 """
 
 from __future__ import annotations
@@ -19,6 +29,14 @@ from decimal import Decimal
 from typing import Any
 
 StoredRow = tuple[int, int, datetime, Decimal]  # meter_id, customer_id, timestamp, value
+
+RELEASED_LENGTH = 101  # one more than rules.MAX_IDENTIFIER_LENGTH
+# SQL (PostgreSQL and SQLite alike) for the placeholder of the released identifier of the
+# event whose id is ``{id}``: "released:<id>:" padded with "~" to RELEASED_LENGTH characters.
+RELEASED_PADDING = "~" * 91  # "released:" (9), the id (at most 19), ":" (1), at least 72
+RELEASED_IDENTIFIER = (
+    f"substr('released:' || {{id}} || ':' || '{RELEASED_PADDING}', 1, {RELEASED_LENGTH})"
+)
 
 
 def content_differences(

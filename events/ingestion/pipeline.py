@@ -150,11 +150,12 @@ class _Outcomes:
         final = [result for result in self.results if result is not None]
         assert len(final) == len(self.events)
         report = IngestReport(batch=self.batch, results=final, totals_by_meter=dict(self.totals))
-        for result in final:
+        for index, result in enumerate(final):
             if result.outcome == Outcome.ACCEPTED:
                 report.accepted += 1
             elif result.outcome == Outcome.DUPLICATE:
                 report.duplicates += 1
+                report.duplicate_rows.append(index)
             else:
                 report.rejected += 1
         return report
@@ -267,11 +268,15 @@ def meter_events_ingest_columns(
             events = [columns.event_input(index) for index in range(len(columns))]
             report = _events_ingest(events, batch, now)
             return IngestCounts(
-                report.accepted, report.duplicates, report.rejected, report.totals_by_meter
+                report.accepted,
+                report.duplicates,
+                report.rejected,
+                report.totals_by_meter,
+                report.duplicate_rows,
             )
         full_set = _full_set_lookup(columns)
         if full_set is not None and full_set[1] and _still_valid(columns, meters, now):
-            return IngestCounts(0, len(columns), 0, {})
+            return IngestCounts(0, len(columns), 0, {}, list(range(len(columns))))  # all stored
         return _columns_ingest_postgres(columns, batch, now, meters, full_set, ids_in_turn)
 
 
@@ -313,7 +318,7 @@ def _columns_ingest_postgres(
     fingerprint, seen = _identifier_set(columns, full_set, intake.accepted)
     with transaction.atomic():
         if seen:  # its events all stored before (the same file again): all duplicates
-            counts.duplicates += len(intake.accepted.positions)
+            intake.duplicates_all()
             intake.settle_repeats(stored=True)  # each held by an event stored alike
             intake.accepted = Accepted()
         accepted = intake.accepted

@@ -73,6 +73,7 @@ class IngestReport:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    duplicate_rows: list[int] = field(default_factory=list)  # their indices in ``results``
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +123,15 @@ class EventColumns:
 
 @dataclass(slots=True)
 class IngestCounts:
-    """What ``meter_events_ingest_columns`` did: counts, not one result per event."""
+    """What ``meter_events_ingest_columns`` did: counts, not one result per event, and which
+    rows were duplicates (their indices in the columns, in no set order), so a source can
+    say where each came from."""
 
     accepted: int
     duplicates: int
     rejected: int
     totals_by_meter: dict[int, MeterTotal]
+    duplicate_rows: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,8 +70,8 @@ def test_upload_fix_and_reupload(page, celery_worker) -> None:
         if row["error_code"] == "timestamp_invalid":
             row["timestamp"] = day
         else:
-            # Not 10: a row identical to an imported one (same event, customer, timestamp
-            # and value, no identifier) is by definition the same event, a duplicate.
+            # Any number: uploaded as new usage (the default), a row counts even when it is
+            # identical to one imported before.
             row["payload_value"] = "11"
     fixed = io.StringIO()
     writer = csv.DictWriter(fixed, fieldnames=list(failed[0]))

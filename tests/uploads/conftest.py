@@ -25,10 +25,18 @@ def day(days_ago: int = 1) -> str:
 
 
 def post_upload(
-    client: Client, content: bytes, *, name: str = "usage.csv", validate_only: bool = False
+    client: Client,
+    content: bytes,
+    *,
+    name: str = "usage.csv",
+    validate_only: bool = False,
+    rows_without_identifier: str = Upload.RowsWithoutIdentifier.NEW_USAGE,
 ) -> Upload:
     """Upload through the page, as a user would; return the upload it redirected to."""
-    data: dict[str, object] = {"file": SimpleUploadedFile(name, content, "text/csv")}
+    data: dict[str, object] = {
+        "file": SimpleUploadedFile(name, content, "text/csv"),
+        "rows_without_identifier": rows_without_identifier,
+    }
     if validate_only:
         data["validate_only"] = "on"
     response = client.post("/uploads/new/", data)

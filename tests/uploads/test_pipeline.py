@@ -17,6 +17,8 @@ from tests.uploads.conftest import HEADER, counted_events, day, post_upload, rol
 from uploads.models import Upload
 from usage_portal.models import AuditEntry
 
+COPY = Upload.RowsWithoutIdentifier.CORRECTED_COPY
+
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
@@ -40,7 +42,7 @@ def test_upload_imports_valid_rows_and_explains_the_others(
     celery_worker, finance_client: Client, api_meter: Meter, count_meter: Meter, customers
 ) -> None:
     content = mixed_file()  # once: "yesterday" may change between two calls
-    upload = wait_for(post_upload(finance_client, content))
+    upload = wait_for(post_upload(finance_client, content, rows_without_identifier=COPY))
 
     assert upload.status == Upload.Status.SUCCEEDED_WITH_ERRORS
     assert (upload.rows_total, upload.rows_read) == (9, 9)
@@ -75,9 +77,11 @@ def test_upload_imports_valid_rows_and_explains_the_others(
     # The page shows original values escaped, never as markup.
     assert "=HYPERLINK(&quot;http://evil&quot;)" in page
 
-    # The same file again: nothing is counted twice.
-    again = wait_for(post_upload(finance_client, content))
+    # The same file again, as a corrected copy: nothing is counted twice; failed rows and
+    # none imported is "Failed".
+    again = wait_for(post_upload(finance_client, content, rows_without_identifier=COPY))
     assert (again.rows_imported, again.rows_duplicate, again.rows_failed) == (0, 6, 3)
+    assert again.status == Upload.Status.FAILED
     assert counted_events(api_meter) == 4
     assert rollup_total(api_meter) == (Decimal("11.0"), 4)
 
@@ -128,7 +132,7 @@ def test_validate_only_writes_nothing_then_imports_the_same_file(
 ) -> None:
     check = wait_for(post_upload(finance_client, mixed_file(), validate_only=True))
 
-    assert check.status == Upload.Status.SUCCEEDED_WITH_ERRORS
+    assert check.status == Upload.Status.VALIDATED
     assert (check.rows_imported, check.rows_failed) == (6, 3)
     assert check.meter_total_values()[api_meter.pk] == (4, Decimal("11.0"))
     assert MeterEvent.objects.count() == 0
@@ -244,11 +248,20 @@ def test_a_file_too_large_for_the_counters_memory_counts_identical_rows_on_disk(
     )
     rows = [f"{day()},api_calls,cus_{n % 3 + 1},{n % 4}\n" for n in range(60)]  # repeats
     content = (HEADER + "".join(rows)).encode()
-    first = wait_for(post_upload(finance_client, content))
-    again = wait_for(post_upload(finance_client, content))
+    first = wait_for(post_upload(finance_client, content, rows_without_identifier=COPY))
+    again = wait_for(post_upload(finance_client, content, rows_without_identifier=COPY))
 
     assert (first.status, first.rows_imported, first.rows_duplicate) == ("succeeded", 60, 0)
-    assert (again.status, again.rows_imported, again.rows_duplicate) == ("succeeded", 0, 60)
+    assert (again.status, again.rows_imported, again.rows_duplicate) == ("nothing_new", 0, 60)
+    # Each duplicate is listed once, with the upload its twin came in (writer threads commit
+    # the chunks, in no set order).
+    response = finance_client.get(f"/uploads/{again.pk}/duplicates.csv")
+    text = b"".join(response.streaming_content).decode("utf-8-sig")  # type: ignore[attr-defined]
+    listed = list(csv.DictReader(io.StringIO(text)))
+    assert [int(row["line"]) for row in listed] == list(range(2, 62))
+    assert {row["recorded_in_upload"].rsplit("/uploads/", 1)[1] for row in listed} == {
+        f"{first.pk}/"
+    }
     stored = set(MeterEvent.objects.filter(batch=first.batch).values_list("identifier", flat=True))
     in_memory = {row.event.identifier for row in parse_in_memory(content) if row.event}
     assert stored == in_memory and len(stored) == 60

@@ -23,7 +23,13 @@ from django.db.migrations.state import StateApps
 
 from alerts.models import UsageAlert
 from customers.models import Customer
-from events.models import EventBatch, EventRejection, MeterEvent, UsageRollup
+from events.models import (
+    EventBatch,
+    EventRejection,
+    MeterEvent,
+    StoredIdentifierSet,
+    UsageRollup,
+)
 from meters.models import Meter
 from uploads.models import Upload
 from usage_portal.models import AuditEntry
@@ -239,8 +245,13 @@ def test_a_pre_split_database_keeps_its_rows_through_the_split(migrate) -> None:
     for row in before["auditentry"]:
         if row["target_type"] == "meters.customer":
             row["target_type"] = "customers.customer"
+    # Columns added since the split: no event was released, and the upload, made before
+    # the question was asked, keeps the identifiers derived from its rows' content.
+    assert {row.pop("released_identifier") for row in after["meterevent"]} == {None}
+    uploads_after = rows_of(Upload)
+    assert {row.pop("rows_without_identifier") for row in uploads_after} == {"corrected_copy"}
     assert after == before
-    assert rows_of(Upload) == uploads_before
+    assert uploads_after == uploads_before
     assert len(after["meterevent"]) == 4 and len(after["usagerollup"]) == 2
 
     # Relations, followed through the current models.
@@ -285,3 +296,58 @@ def test_a_pre_split_database_keeps_its_rows_through_the_split(migrate) -> None:
     assert (content_type.pk, content_type.app_label) == (keys["content_type"], "customers")
     assert not ContentType.objects.filter(app_label="meters", model="customer").exists()
     assert Permission.objects.get(pk=keys["permission"]).content_type == content_type
+
+
+def test_uploads_reverted_before_release_their_identifiers_and_statuses_tell_the_truth(
+    migrate,
+) -> None:
+    before = [("uploads", "0004_events_app"), ("events", "0001_initial")]
+    old = migrate(before)
+    user = old.get_model("auth", "User").objects.create(username="olga")
+    meter = old.get_model("meters", "Meter").objects.create(
+        meter_id="mtr_old", display_name="Old", event_name="old_calls"
+    )
+    customer = old.get_model("customers", "Customer").objects.create(external_id="cus_old")
+    batches = old.get_model("events", "EventBatch").objects
+    upload_model = old.get_model("uploads", "Upload")
+    at = datetime(2026, 3, 10, 9, tzinfo=UTC)
+
+    def upload(name: str, **fields: object) -> Any:
+        batch = batches.create(source="csv", user=user, dry_run=bool(fields.get("validate_only")))
+        return upload_model.objects.create(
+            original_name=name, size_bytes=1, uploaded_by=user, batch=batch, **fields
+        )
+
+    reverted = upload("reverted.csv", status="succeeded", rows_imported=1, reverted_at=at)
+    old.get_model("events", "MeterEvent").objects.create(
+        identifier="csv_reverted_1",
+        meter=meter,
+        customer=customer,
+        timestamp=at,
+        value=Decimal(1),
+        batch=reverted.batch,
+        received_at=at,
+        cancelled_at=at,
+        cancelled_by=user,
+    )
+    checked = upload("checked.csv", status="succeeded_with_errors", validate_only=True)
+    all_failed = upload("bad.csv", status="succeeded_with_errors", rows_failed=3)
+    nothing_new = upload("again.csv", status="succeeded", rows_duplicate=2)
+    old.get_model("events", "StoredIdentifierSet").objects.create(digest="d" * 64, events=1)
+
+    migrate(latest_leaves())
+
+    event = MeterEvent.objects.get(batch_id=reverted.batch_id)
+    assert (event.released_identifier, len(event.identifier)) == ("csv_reverted_1", 101)
+    assert not MeterEvent.objects.filter(identifier="csv_reverted_1").exists()
+    statuses = dict(Upload.objects.values_list("original_name", "status"))
+    assert statuses == {
+        "reverted.csv": "succeeded",
+        "checked.csv": "validated",
+        "bad.csv": "failed",
+        "again.csv": "nothing_new",
+    }
+    assert Upload.objects.get(pk=checked.pk).can_import is False  # no stored file here
+    assert "No row was imported" in Upload.objects.get(pk=all_failed.pk).failed_reason
+    assert Upload.objects.get(pk=nothing_new.pk).rows_without_identifier == "corrected_copy"
+    assert not StoredIdentifierSet.objects.exists()

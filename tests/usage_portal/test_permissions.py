@@ -89,6 +89,7 @@ EXPECTED: dict[str, Expect] = {
     "uploads:upload_template": Expect(F),
     "uploads:upload_detail": Expect(S),
     "uploads:upload_error_file": Expect(S),
+    "uploads:upload_duplicate_file": Expect(S),
     "uploads:upload_cancel": Expect(F, method="post"),
     "uploads:upload_revert": Expect(F, method="post"),
     "uploads:upload_import": Expect(F, method="post"),
