@@ -210,9 +210,10 @@ class Upload(models.Model):
         return self.rows_without_identifier == self.RowsWithoutIdentifier.NEW_USAGE
 
     def row_identifier_prefix(self) -> str | None:
-        """For new usage, what a row without an identifier gets before its line: unique to
-        this upload and the same on every run of it (a resumed run never counts a row
-        twice). None for a corrected copy: identifiers come from the rows' content."""
+        """For new usage, what a row without an identifier gets before its line when the
+        identifier derived from its content is taken: unique to this upload and the same on
+        every run of it (a resumed run never counts a row twice). None for a corrected copy:
+        identifiers come from the rows' content alone."""
         return f"csvrow_{self.pk}_" if self.counts_identical_rows else None
 
     def meter_total_values(self) -> dict[int, tuple[int, Decimal]]:

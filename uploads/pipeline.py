@@ -39,6 +39,7 @@ from django.utils import timezone
 from events.ingestion import (
     EventColumns,
     IngestCounts,
+    MeterTotal,
     RejectionInput,
     event_rejections_record,
     gc_paused,
@@ -270,7 +271,7 @@ def _occurrence_counter(
     or for a file too large for its memory one worked out on disk, in a scratch folder that
     lasts while the context does."""
     small = (upload.rows_total or 0) <= setting("USAGE_UPLOAD_COUNTER_MEMORY_ROWS", 5_000_000)
-    if small or upload.counts_identical_rows:  # new usage: rows are not counted alike
+    if small:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="upload-counts-") as scratch:
@@ -454,6 +455,8 @@ def _commit_chunk(
                 report = meter_events_ingest_columns(
                     columns=built.columns, batch=batch, ids_in_turn=ids_in_turn
                 )
+                if built.fallbacks and report.duplicate_rows:
+                    report = _new_usage_counted(batch, built, report)
             _progress_add(
                 upload_id,
                 token,
@@ -468,6 +471,44 @@ def _commit_chunk(
         _cancelled(upload_id, token)
         return False
     return True
+
+
+def _new_usage_counted(batch: EventBatch, built: BuiltChunk, report: IngestCounts) -> IngestCounts:
+    """New usage: the rows whose derived identifier was taken already (identical rows an
+    earlier file brought) are ingested again with their own identifier (the upload and the
+    line), so they count; the report then covers both attempts. Only a row this upload
+    committed before stays a duplicate."""
+    fallbacks = built.fallbacks
+    again = [row for row in report.duplicate_rows if row in fallbacks]
+    if not again:
+        return report
+    columns = built.columns
+    retry = EventColumns(
+        [columns.event_names[row] for row in again],
+        [columns.timestamps[row] for row in again],
+        [fallbacks[row] for row in again],
+        {key: [values[row] for row in again] for key, values in columns.payload.items()},
+        [columns.lines[row] for row in again],
+        [columns.raws[row] for row in again],
+    )
+    second = meter_events_ingest_columns(columns=retry, batch=batch)
+    totals = dict(report.totals_by_meter)
+    for meter_pk, total in second.totals_by_meter.items():
+        mine = totals.get(meter_pk)
+        totals[meter_pk] = (
+            total
+            if mine is None
+            else MeterTotal(mine.event_count + total.event_count, mine.value_sum + total.value_sum)
+        )
+    retried = set(again)
+    return IngestCounts(
+        accepted=report.accepted + second.accepted,
+        duplicates=report.duplicates - len(again) + second.duplicates,
+        rejected=report.rejected + second.rejected,
+        totals_by_meter=totals,
+        duplicate_rows=[row for row in report.duplicate_rows if row not in retried]
+        + [again[row] for row in second.duplicate_rows],
+    )
 
 
 def _duplicates_record(upload_id: int, start: int, columns: EventColumns, rows: list[int]) -> None:

@@ -2,11 +2,11 @@
 ingestion core (``EventColumns``), and the rows the parser refuses itself become errors.
 
 Work is column by column (one list or Arrow operation per column rather than per-row steps).
-Rows without an identifier get one of two kinds, as the upload says (``Upload.
-rows_without_identifier``): for new usage, one of the upload and the row's line, so every row
-counts; for a corrected copy of an earlier file, one derived in Arrow from the row's content
-and the number of identical rows before it in the file (``uploads.counters``), so rows
-imported before are not counted twice.
+Rows without an identifier get one derived in Arrow from the row's content and the number
+of identical rows before it in the file (``uploads.counters``), so rows imported before are
+not counted twice. For new usage (``Upload.rows_without_identifier``) each also gets a
+fallback of the upload and the row's line, taken when the derived one is stored already, so
+every row counts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import calendar
 import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar
@@ -142,9 +142,12 @@ def normalized_value(text: str) -> str:
 class RowBuilder:
     """Turns records into ``ParsedRow``s: events for the core, or the parser's own errors.
 
-    Rows without an identifier get ``line_prefix`` + their line when it is given (new usage:
-    every row counts), else one derived from their content and the number of identical rows
-    before them, so re-uploading a file (or a corrected one) never counts a row twice.
+    Rows without an identifier get one derived from their content and the number of
+    identical rows before them, so re-uploading a file (or a corrected one) never counts a row
+    twice. With ``line_prefix`` (new usage: every row counts) each such row also gets a
+    fallback, ``line_prefix`` + its line, which the pipeline uses when the derived one is
+    taken already: so a row of new usage is always counted, and the first rows with a given
+    content keep the derived identifier a later corrected copy of their file is matched by.
     """
 
     def __init__(
@@ -209,10 +212,12 @@ class RowBuilder:
             lines, names, rows = _taken(lines, keep), _taken(names, keep), _taken(rows, keep)
             timestamps, identifiers = _taken(timestamps, keep), _taken(identifiers, keep)
             payload = {key: _taken(values, keep) for key, values in payload.items()}
-        if self.line_prefix is not None:
+        fallbacks = (
             _line_identifiers(self.line_prefix, lines, identifiers)
-        else:
-            self._derive_identifiers(names, timestamps, identifiers, payload)  # type: ignore[arg-type]
+            if self.line_prefix is not None
+            else {}
+        )
+        self._derive_identifiers(names, timestamps, identifiers, payload)  # type: ignore[arg-type]
         events = EventColumns(
             names,
             timestamps,  # type: ignore[arg-type]
@@ -220,9 +225,9 @@ class RowBuilder:
             payload,
             lines,
             RawRows(self.header, rows, self.positions),
-            content_addressed=self.identifier_index is None and self.line_prefix is None,
+            content_addressed=self.identifier_index is None,
         )
-        return BuiltChunk(columns=events, errors=errors, records=len(chunk))
+        return BuiltChunk(columns=events, errors=errors, records=len(chunk), fallbacks=fallbacks)
 
     def _rows_of(self, chunk: list[Record]) -> tuple[list[list[str]], list[int], list[ParsedRow]]:
         """The chunk's records with as many values as the header has columns (their fields
@@ -375,12 +380,14 @@ class RowBuilder:
         return customers, values
 
 
-def _line_identifiers(prefix: str, lines: list[int], identifiers: list[str]) -> None:
-    """Fill in the identifiers of rows that have none: ``prefix`` + the row's line (a
-    record's first line), the same on every run of the upload."""
-    for position, identifier in enumerate(identifiers):
-        if not identifier:
-            identifiers[position] = prefix + str(lines[position])
+def _line_identifiers(prefix: str, lines: list[int], identifiers: list[str]) -> dict[int, str]:
+    """{position: ``prefix`` + the row's line (a record's first line)} of the rows that have
+    no identifier: the same on every run of the upload."""
+    return {
+        position: prefix + str(lines[position])
+        for position, identifier in enumerate(identifiers)
+        if not identifier
+    }
 
 
 def _columns_of(rows: list[list[str]], *, width: int) -> tuple[list[list[str]], list[list[str]]]:
@@ -470,6 +477,9 @@ class BuiltChunk:
     columns: EventColumns
     errors: list[ParsedRow]  # the parser's own errors (not UTF-8 CSV, bad timestamp...)
     records: int  # records read, events and errors together
+    # New usage: {position in columns: the row's own identifier} for rows whose identifier
+    # was derived, used when the derived one is taken (see ``RowBuilder``).
+    fallbacks: dict[int, str] = field(default_factory=dict)
 
 
 def unix_seconds(moment: datetime) -> int:

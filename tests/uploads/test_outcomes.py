@@ -68,6 +68,33 @@ def test_identical_rows_as_new_usage_all_count_in_each_file(
     assert sorted(identifiers) == [f"csvrow_{second.pk}_2", f"csvrow_{second.pk}_3"]
 
 
+def test_a_corrected_copy_of_a_file_uploaded_as_new_usage_counts_only_what_changed(
+    finance_client: Client, api_meter: Meter, customers: list[Customer]
+) -> None:
+    """The common correction: a file went in as new usage (the default), one row was wrong,
+    the fixed file goes in as a corrected copy; only the fixed row is new. Then the same
+    rows once more as new usage count again."""
+    on = day()
+    rows = [f"{on},api_calls,cus_1,10", f"{on},api_calls,cus_1,10", f"{on},api_calls,cus_2,5"]
+    header = "timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+    first = run(finance_client, header + "\n".join(rows) + "\n")
+    assert first.rows_imported == 3
+    fixed = [*rows[:2], f"{on},api_calls,cus_2,7"]
+    copy = run(finance_client, header + "\n".join(fixed) + "\n", rows_without_identifier=COPY)
+    assert (copy.rows_imported, copy.rows_duplicate) == (1, 2)
+    assert [row["line"] for row in duplicate_file(finance_client, copy)] == ["2", "3"]
+    again = run(finance_client, header + "\n".join(rows) + "\n")
+    assert (again.rows_imported, again.rows_duplicate, again.status) == (3, 0, "succeeded")
+    assert (
+        sum(
+            MeterEvent.objects.filter(meter=api_meter, cancelled_at__isnull=True).values_list(
+                "value", flat=True
+            )
+        )
+        == 10 + 10 + 5 + 7 + 10 + 10 + 5
+    )
+
+
 def test_a_corrected_copy_counts_only_rows_not_imported_before(
     finance_client: Client, count_meter: Meter, customers: list[Customer]
 ) -> None:
