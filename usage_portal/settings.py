@@ -228,6 +228,11 @@ CELERY_BEAT_SCHEDULE["meters-usage-days-refresh"] = {
     "task": "meters.usage_days_refresh",
     "schedule": 60.0,
 }
+# A commit queues its meters' refresh this long after it (unless one is queued already), so
+# the chunks of an import that commit meanwhile share one refresh; the sweep forgets a
+# queued refresh older than USAGE_DAYS_REFRESH_LOST_SECONDS (its message was lost).
+USAGE_DAYS_REFRESH_DELAY_SECONDS = float(os.environ.get("USAGE_DAYS_REFRESH_DELAY_SECONDS", "1"))
+USAGE_DAYS_REFRESH_LOST_SECONDS = int(os.environ.get("USAGE_DAYS_REFRESH_LOST_SECONDS", "300"))
 # Invoice finalization grace period (Stripe: default 1 hour, at most 72 hours, and always
 # shorter than the billing interval). Late usage inside it still lands on the invoice.
 BILLING_GRACE_PERIOD_MINUTES = int(os.environ.get("BILLING_GRACE_PERIOD_MINUTES", "60"))

@@ -146,7 +146,9 @@ def columns_write(
 
 def _timestamp_texts(timestamps: list[int]) -> list[str]:
     """Unix seconds as SQLite's datetime text (UTC): ``YYYY-MM-DD HH:MM:SS``."""
-    return pa.array(timestamps, type=pa.int64()).cast(pa.timestamp("s")).cast(pa.string()).to_pylist()
+    return (
+        pa.array(timestamps, type=pa.int64()).cast(pa.timestamp("s")).cast(pa.string()).to_pylist()
+    )
 
 
 def _rollups_upsert(
