@@ -259,7 +259,6 @@ def _import(label: str, path: Path, user: object, concurrency: int) -> Result:
 
 def _run(args: argparse.Namespace) -> None:
     from django.conf import settings
-
     from django.db import connection
 
     user, refs = _setup()

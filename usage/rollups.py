@@ -107,40 +107,69 @@ def usage_days_mark_all_stale(*, meter_ids: Iterable[int] | None = None) -> int:
 
 
 def usage_days_refresh_enqueue(*, meter_ids: Iterable[int]) -> int:
-    """Queue a refresh of each of ``meter_ids`` that has none queued (``UsageRefreshQueued``);
-    return how many were queued. Run after the marking transaction commits (autocommit)."""
-    from usage.tasks import usage_days_refresh_task
-
+    """Queue a refresh of each of ``meter_ids`` that has none queued (``UsageRefreshQueued``),
+    and note the commit on the queued ones; return how many were queued. Run after the
+    marking transaction commits (autocommit)."""
     queued = 0
     now = timezone.now()
     for meter_id in meter_ids:
         with connection.cursor() as cursor:
             cursor.execute(
-                "INSERT INTO usage_refreshqueued (meter_id, queued_at) VALUES (%s, %s) "
-                "ON CONFLICT (meter_id) DO NOTHING",
-                [meter_id, now],
+                "UPDATE usage_refreshqueued SET last_commit_at = %s WHERE meter_id = %s",
+                [now, meter_id],
+            )
+            if cursor.rowcount:
+                continue  # a refresh of this meter is queued and has not started
+            cursor.execute(
+                "INSERT INTO usage_refreshqueued (meter_id, queued_at, last_commit_at) "
+                "VALUES (%s, %s, %s) ON CONFLICT (meter_id) DO NOTHING",
+                [meter_id, now, now],
             )
             if cursor.rowcount != 1:
-                continue  # a refresh of this meter is queued and has not started
-        usage_days_refresh_task.apply_async(
-            kwargs={"meter_id": meter_id},
-            countdown=getattr(settings, "USAGE_DAYS_REFRESH_DELAY", 1.0),
-        )
+                continue  # another commit queued it just now
+        _refresh_send(meter_id)
         queued += 1
     return queued
 
 
-def usage_days_refresh(*, meter_id: int | None = None, chunk: int = REFRESH_CHUNK) -> int:
+def _refresh_send(meter_id: int) -> None:
+    from usage.tasks import usage_days_refresh_task
+
+    usage_days_refresh_task.apply_async(
+        kwargs={"meter_id": meter_id}, countdown=settings.USAGE_DAYS_REFRESH_QUIET_SECONDS
+    )
+
+
+def _refresh_deferred(meter_id: int) -> bool:
+    """Whether the meter's queued refresh waits a little longer (sent again for later): its
+    commits are still coming, and it has not waited the longest it may."""
+    flag = UsageRefreshQueued.objects.filter(meter_id=meter_id).first()
+    if flag is None:
+        return False
+    now = timezone.now()
+    quiet = dt.timedelta(seconds=settings.USAGE_DAYS_REFRESH_QUIET_SECONDS)
+    longest = dt.timedelta(seconds=settings.USAGE_DAYS_REFRESH_MAX_WAIT_SECONDS)
+    if now - flag.last_commit_at < quiet and now - flag.queued_at < longest:
+        _refresh_send(meter_id)
+        return True
+    return False
+
+
+def usage_days_refresh(
+    *, meter_id: int | None = None, chunk: int = REFRESH_CHUNK, queued: bool = False
+) -> int:
     """Recompute the daily rows (and their months) of every stale (meter, day) of ``meter_id``
     (None: of every meter, the sweep), a chunk per transaction, until none is left; return
     how many distinct (meter, day) keys were recomputed. Idempotent; safe to run
-    concurrently (runs queue on a lock) and beside ingestion."""
-    if meter_id is not None:  # started: a commit from now on queues the next refresh
+    concurrently (runs queue on a lock) and beside ingestion. ``queued``: the refresh that
+    a commit queued (the task), which waits while the meter's commits keep coming."""
+    if meter_id is not None:
+        if queued and _refresh_deferred(meter_id):
+            return 0
+        # Started: a commit from now on queues the next refresh.
         UsageRefreshQueued.objects.filter(meter_id=meter_id).delete()
     else:  # the sweep: a flag this old lost its message
-        lost = timezone.now() - dt.timedelta(
-            seconds=getattr(settings, "USAGE_DAYS_REFRESH_LOST", 300)
-        )
+        lost = timezone.now() - dt.timedelta(seconds=settings.USAGE_DAYS_REFRESH_LOST_SECONDS)
         UsageRefreshQueued.objects.filter(queued_at__lt=lost).delete()
     if connection.vendor != "postgresql":
         return plain_refresh(meter_id=meter_id, chunk=chunk)

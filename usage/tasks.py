@@ -20,4 +20,4 @@ def usage_days_refresh_task(meter_id: int | None = None) -> int:
     """Recompute the daily rollups of every stale (meter, day) of ``meter_id`` (None: every
     meter); idempotent. Queued per meter after an ingestion or cancellation commits (at most
     one queued per meter), and by beat every minute as a sweep of every meter."""
-    return usage_days_refresh(meter_id=meter_id)
+    return usage_days_refresh(meter_id=meter_id, queued=meter_id is not None)

@@ -21,6 +21,7 @@ from decimal import Decimal
 from django.db import connection, transaction
 from django.utils import timezone
 
+from events.ingestion import postgres, sqlite
 from events.ingestion.batches import rejection_of
 from events.ingestion.columns import Accepted, ColumnsIntake
 from events.ingestion.dedup import StoredRow, conflict_message, identifier_set_digest
@@ -30,7 +31,6 @@ from events.ingestion.lookups import (
     meters_named,
     stored_by_identifier,
 )
-from events.ingestion import postgres, sqlite
 from events.ingestion.postgres import staged_write
 from events.ingestion.rules import (
     Candidate,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -139,7 +139,7 @@ def columns_write(
             ]
             # In identifier order: the unique index is filled in order.
             rows.sort(key=lambda row: row[1])
-            cursor.executemany(_INSERT_EVENTS, rows)
+            connection.connection.executemany(_INSERT_EVENTS, rows)
         _rollups_upsert(cursor, accepted, new, ids, texts)
     return existing
 
@@ -169,7 +169,7 @@ def _rollups_upsert(
         if (text, event_id) > (hour[3], hour[4]):
             hour[2], hour[3], hour[4] = value, text, event_id
     connection.connection.create_function("decimal_add", 2, decimal_add, deterministic=True)
-    cursor.executemany(
+    connection.connection.executemany(
         _UPSERT_ROLLUPS,
         [
             (meter_id, customer_id, hour + ":00:00", str(total), events, last, at, event_id)
@@ -185,19 +185,15 @@ def probe(cursor: Any, identifiers: list[str]) -> dict[str, StoredRow]:
     them, not a sample first as on PostgreSQL: nothing here catches a missed one on insert,
     and each lookup costs about what the insert's own index check would."""
     stored: dict[str, StoredRow] = {}
+    raw = connection.connection.cursor()  # the driver's own: no per-row wrapping, no converters
     for start in range(0, len(identifiers), _PROBE_CHUNK):
-        cursor.execute(
-            "SELECT identifier, meter_id, customer_id, timestamp, value "
+        raw.execute(
+            "SELECT identifier, meter_id, customer_id, CAST(timestamp AS TEXT), value "
             "FROM meters_meterevent WHERE identifier IN (SELECT value FROM json_each(?))",
             [json.dumps(identifiers[start : start + _PROBE_CHUNK])],
         )
-        for identifier, meter_id, customer_id, timestamp, value in cursor.fetchall():
-            stored[identifier] = (meter_id, customer_id, _utc(timestamp), Decimal(value))
+        parse = datetime.fromisoformat
+        for identifier, meter_id, customer_id, timestamp, value in raw.fetchall():
+            at = parse(timestamp + "+00:00")  # stored as naive UTC
+            stored[identifier] = (meter_id, customer_id, at, Decimal(value))
     return stored
-
-
-def _utc(timestamp: datetime | str) -> datetime:
-    """A stored timestamp (naive UTC, parsed by the driver or not) as an aware datetime."""
-    if isinstance(timestamp, str):
-        timestamp = datetime.fromisoformat(timestamp)
-    return timestamp.replace(tzinfo=UTC)

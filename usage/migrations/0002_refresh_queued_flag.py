@@ -17,6 +17,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('queued_at', models.DateTimeField()),
+                ('last_commit_at', models.DateTimeField()),
                 ('meter', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='meters.meter')),
             ],
             options={
