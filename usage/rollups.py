@@ -18,16 +18,22 @@ its events: hour and day event-time windows lie inside one UTC day.
 
 FRESHNESS. The ingestion core and cancellation call ``usage_days_mark_stale`` inside their
 transaction: it appends one ``StaleUsageDay`` row per changed (meter, day) and, after commit,
-enqueues ``meters.usage_days_refresh``. The markers are plain inserts with no unique key, so
-concurrent imports never wait on each other for them (no hot row per meter or day); the cost
-is one small INSERT per batch. The refresh (Celery, and a beat sweep every minute in case a
-message was lost) takes a transaction-level advisory lock so refreshes run one at a time,
-deletes a chunk of markers with ``DELETE ... RETURNING`` and only then recomputes their
-days from the hourly rollups, in the same transaction. Under READ COMMITTED every statement
-after the DELETE sees each ingestion that committed before it, and a marker committed later
-is not deleted, so its day is refreshed again. Deleted markers and new daily rows commit
-together. Hence, at any moment: a day without a marker has daily rows equal to its hourly
-rollups.
+asks for a refresh of those meters (``usage_days_refresh_enqueue``). The markers are plain
+inserts with no unique key, so concurrent imports never wait on each other for them (no hot
+row per meter or day); the cost is one small INSERT per batch. Refreshes are coalesced: at
+most one per meter is queued at a time (``UsageRefreshQueued``, set after commit, outside
+the ingestion transaction), and a queued one waits while its meter's commits keep coming (an
+import in progress), up to a bound, so an import's chunks share one refresh instead of each
+recomputing the same days again. A refresh recomputes only the (meter, day) keys marked.
+On PostgreSQL (Celery, and a beat sweep every minute in case a message was lost) it takes a
+transaction-level advisory lock so refreshes run one at a time, deletes a chunk of markers
+with ``DELETE ... RETURNING`` and only then recomputes their days from the hourly rollups,
+in the same transaction. Under READ COMMITTED every statement after the DELETE sees each
+ingestion that committed before it, and a marker committed later is not deleted, so its day
+is refreshed again. Deleted markers and new daily rows commit together. SQLite reads before
+it takes the one write lock and writes only what changed (``usage/rollups_plain.py``), with
+the same guarantee. Hence, at any moment: a day without a marker has daily rows equal to
+its hourly rollups.
 
 READERS (``usage/selectors.py``: ``meter_usage_over_time``, ``meter_top_customers``) split
 a range into whole UTC days without a marker, read from the daily tables, and the rest --

@@ -93,7 +93,7 @@ def _stale_keys(meter_id: int | None, limit: int) -> list[tuple[int, str, int]]:
             "WHERE %s IS NULL OR meter_id = %s GROUP BY 1, 2 ORDER BY 1, 2 LIMIT %s",
             [meter_id, meter_id, limit],
         )
-        return [tuple(row) for row in cursor.fetchall()]  # type: ignore[misc]
+        return [tuple(row) for row in cursor.fetchall()]
 
 
 def _later(row: _Row, other: _Row | None) -> bool:
@@ -122,7 +122,7 @@ def _day_changes(meter: int, day: str, changes: _Changes) -> None:
                 per_customer[customer] = row
             else:
                 later = row if _later(row, known) else known
-                per_customer[customer] = (known[0] + total, known[1] + events, *later[2:])  # type: ignore[assignment]
+                per_customer[customer] = (known[0] + total, known[1] + events, *later[2:])
             hourly = per_hour.get(hour, (Decimal(0), 0, Decimal(0)))
             per_hour[hour] = (hourly[0] + total, hourly[1] + events, hourly[2] + last_value)
         old_daily = _rows(
