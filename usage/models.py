@@ -116,3 +116,27 @@ class MeterUsageTotal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.meter_id} {self.grain} {self.start:%Y-%m-%d %H}:00"
+
+
+class UsageRefreshQueued(models.Model):
+    """A daily-rollup refresh of ``meter`` is queued and has not started: the coalescing flag.
+
+    Set after an ingestion or cancellation commits (outside that transaction, so concurrent
+    imports never wait on it); only the commit that created it queues the refresh, later
+    ones only note ``last_commit_at``. The refresh waits while the meter's commits keep
+    coming (an import in progress: recomputing its days after every chunk would redo them
+    again and again), up to ``USAGE_DAYS_REFRESH_MAX_WAIT_SECONDS`` after ``queued_at``;
+    then it clears the flag before it reads the markers, so a commit after that queues the
+    next one. At most one refresh per meter is queued at a time, however many chunks commit
+    meanwhile; the beat sweep clears a flag whose message was lost.
+    """
+
+    meter = models.OneToOneField(Meter, on_delete=models.CASCADE, related_name="+")
+    queued_at = models.DateTimeField()
+    last_commit_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "usage_refreshqueued"
+
+    def __str__(self) -> str:
+        return f"refresh of {self.meter_id} queued at {self.queued_at:%Y-%m-%d %H:%M:%S}"

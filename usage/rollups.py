@@ -18,16 +18,22 @@ its events: hour and day event-time windows lie inside one UTC day.
 
 FRESHNESS. The ingestion core and cancellation call ``usage_days_mark_stale`` inside their
 transaction: it appends one ``StaleUsageDay`` row per changed (meter, day) and, after commit,
-enqueues ``meters.usage_days_refresh``. The markers are plain inserts with no unique key, so
-concurrent imports never wait on each other for them (no hot row per meter or day); the cost
-is one small INSERT per batch. The refresh (Celery, and a beat sweep every minute in case a
-message was lost) takes a transaction-level advisory lock so refreshes run one at a time,
-deletes a chunk of markers with ``DELETE ... RETURNING`` and only then recomputes their
-days from the hourly rollups, in the same transaction. Under READ COMMITTED every statement
-after the DELETE sees each ingestion that committed before it, and a marker committed later
-is not deleted, so its day is refreshed again. Deleted markers and new daily rows commit
-together. Hence, at any moment: a day without a marker has daily rows equal to its hourly
-rollups.
+asks for a refresh of those meters (``usage_days_refresh_enqueue``). The markers are plain
+inserts with no unique key, so concurrent imports never wait on each other for them (no hot
+row per meter or day); the cost is one small INSERT per batch. Refreshes are coalesced: at
+most one per meter is queued at a time (``UsageRefreshQueued``, set after commit, outside
+the ingestion transaction), and a queued one waits while its meter's commits keep coming (an
+import in progress), up to a bound, so an import's chunks share one refresh instead of each
+recomputing the same days again. A refresh recomputes only the (meter, day) keys marked.
+On PostgreSQL (Celery, and a beat sweep every minute in case a message was lost) it takes a
+transaction-level advisory lock so refreshes run one at a time, deletes a chunk of markers
+with ``DELETE ... RETURNING`` and only then recomputes their days from the hourly rollups,
+in the same transaction. Under READ COMMITTED every statement after the DELETE sees each
+ingestion that committed before it, and a marker committed later is not deleted, so its day
+is refreshed again. Deleted markers and new daily rows commit together. SQLite reads before
+it takes the one write lock and writes only what changed (``usage/rollups_plain.py``), with
+the same guarantee. Hence, at any moment: a day without a marker has daily rows equal to
+its hourly rollups.
 
 READERS (``usage/selectors.py``: ``meter_usage_over_time``, ``meter_top_customers``) split
 a range into whole UTC days without a marker, read from the daily tables, and the rest --
@@ -43,18 +49,21 @@ fills them. ``bench/customer_page.py`` times a full rebuild of 10M events' rollu
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
+from functools import partial
 
+from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from events.models import UsageRollup
 from events.signals import utc_date
-from usage.models import MeterDailyRollup, MeterMonthlyRollup, MeterUsageTotal, StaleUsageDay
-from usage.summaries import UsageAccumulator, last_by_time_sql
+from usage.models import (
+    StaleUsageDay,
+    UsageRefreshQueued,
+)
+from usage.rollups_plain import plain_refresh
+from usage.summaries import last_by_time_sql
 
 # pg_advisory_xact_lock key of the refresh ("mtrday" in ASCII): refreshes run one at a time.
 _REFRESH_LOCK = 0x6D7472646179
@@ -68,15 +77,16 @@ def day_start(day: dt.date) -> dt.datetime:
 
 def usage_days_mark_stale(*, keys: Iterable[tuple[int, dt.datetime | dt.date]]) -> int:
     """Record that the hourly rollups of these (meter pk, time or UTC date) keys changed in
-    the current transaction, and refresh their days once it commits. Returns the number of
-    (meter, day) keys marked."""
+    the current transaction, and queue a refresh of their meters once it commits (unless one
+    is queued already). Returns the number of (meter, day) keys marked."""
     days = sorted({(meter_id, utc_date(moment)) for meter_id, moment in keys})
     if not days:
         return 0
     StaleUsageDay.objects.bulk_create(
         [StaleUsageDay(meter_id=meter_id, day=day) for meter_id, day in days], batch_size=1000
     )
-    transaction.on_commit(usage_days_refresh_enqueue, robust=True)
+    meter_ids = sorted({meter_id for meter_id, _ in days})
+    transaction.on_commit(partial(usage_days_refresh_enqueue, meter_ids=meter_ids), robust=True)
     return len(days)
 
 
@@ -102,47 +112,96 @@ def usage_days_mark_all_stale(*, meter_ids: Iterable[int] | None = None) -> int:
         return usage_days_mark_stale(keys=pairs)
 
 
-def usage_days_refresh_enqueue() -> None:
+def usage_days_refresh_enqueue(*, meter_ids: Iterable[int]) -> int:
+    """Queue a refresh of each of ``meter_ids`` that has none queued (``UsageRefreshQueued``),
+    and note the commit on the queued ones; return how many were queued. Run after the
+    marking transaction commits (autocommit)."""
+    queued = 0
+    now = timezone.now()
+    for meter_id in meter_ids:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE usage_refreshqueued SET last_commit_at = %s WHERE meter_id = %s",
+                [now, meter_id],
+            )
+            if cursor.rowcount:
+                continue  # a refresh of this meter is queued and has not started
+            cursor.execute(
+                "INSERT INTO usage_refreshqueued (meter_id, queued_at, last_commit_at) "
+                "VALUES (%s, %s, %s) ON CONFLICT (meter_id) DO NOTHING",
+                [meter_id, now, now],
+            )
+            if cursor.rowcount != 1:
+                continue  # another commit queued it just now
+        _refresh_send(meter_id)
+        queued += 1
+    return queued
+
+
+def _refresh_send(meter_id: int) -> None:
     from usage.tasks import usage_days_refresh_task
 
-    usage_days_refresh_task.delay()
+    usage_days_refresh_task.apply_async(
+        kwargs={"meter_id": meter_id}, countdown=settings.USAGE_DAYS_REFRESH_QUIET_SECONDS
+    )
 
 
-def usage_days_refresh(*, chunk: int = REFRESH_CHUNK) -> int:
-    """Recompute the daily rows (and their months) of every stale (meter, day), a chunk per
-    transaction, until none is left; return how many distinct (meter, day) keys were
-    recomputed. Idempotent; safe to run concurrently (runs queue on an advisory lock) and
-    beside ingestion."""
+def _refresh_deferred(meter_id: int) -> bool:
+    """Whether the meter's queued refresh waits a little longer (sent again for later): its
+    commits are still coming, and it has not waited the longest it may."""
+    flag = UsageRefreshQueued.objects.filter(meter_id=meter_id).first()
+    if flag is None:
+        return False
+    now = timezone.now()
+    quiet = dt.timedelta(seconds=settings.USAGE_DAYS_REFRESH_QUIET_SECONDS)
+    longest = dt.timedelta(seconds=settings.USAGE_DAYS_REFRESH_MAX_WAIT_SECONDS)
+    if now - flag.last_commit_at < quiet and now - flag.queued_at < longest:
+        _refresh_send(meter_id)
+        return True
+    return False
+
+
+def usage_days_refresh(
+    *, meter_id: int | None = None, chunk: int = REFRESH_CHUNK, queued: bool = False
+) -> int:
+    """Recompute the daily rows (and their months) of every stale (meter, day) of ``meter_id``
+    (None: of every meter, the sweep), a chunk per transaction, until none is left; return
+    how many distinct (meter, day) keys were recomputed. Idempotent; safe to run
+    concurrently (runs queue on a lock) and beside ingestion. ``queued``: the refresh that
+    a commit queued (the task), which waits while the meter's commits keep coming."""
+    if meter_id is not None:
+        if queued and _refresh_deferred(meter_id):
+            return 0
+        # Started: a commit from now on queues the next refresh.
+        UsageRefreshQueued.objects.filter(meter_id=meter_id).delete()
+    else:  # the sweep: a flag this old lost its message
+        lost = timezone.now() - dt.timedelta(seconds=settings.USAGE_DAYS_REFRESH_LOST_SECONDS)
+        UsageRefreshQueued.objects.filter(queued_at__lt=lost).delete()
+    if connection.vendor != "postgresql":
+        return plain_refresh(meter_id=meter_id, chunk=chunk)
     refreshed: set[tuple[int, dt.date]] = set()
     while True:
         with transaction.atomic():
-            keys = _take_stale(chunk)
+            keys = _take_stale(chunk, meter_id)
             if not keys:
                 return len(refreshed)
-            if connection.vendor == "postgresql":
-                _recompute_postgres(keys)
-            else:
-                _recompute_plain(keys)
+            _recompute_postgres(keys)
             refreshed.update(keys)
 
 
-def _take_stale(chunk: int) -> list[tuple[int, dt.date]]:
-    """Delete up to ``chunk`` markers and return their distinct keys. In key order, so that a
-    chunk holds neighbouring days and recomputes each month once."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_REFRESH_LOCK])
-            cursor.execute(
-                "DELETE FROM meters_staleusageday WHERE id IN (SELECT id FROM "
-                "meters_staleusageday ORDER BY meter_id, day, id LIMIT %s) RETURNING meter_id, day",
-                [chunk],
-            )
-            return sorted(set(cursor.fetchall()))
-    # SQLite: the transaction began IMMEDIATE (settings), so it holds the one write lock.
-    markers = StaleUsageDay.objects.order_by("meter_id", "day", "id")
-    rows = list(markers.values_list("id", "meter_id", "day")[:chunk])
-    StaleUsageDay.objects.filter(pk__in=[row[0] for row in rows]).delete()
-    return sorted({(meter_id, day) for _, meter_id, day in rows})
+def _take_stale(chunk: int, meter_id: int | None) -> list[tuple[int, dt.date]]:
+    """Delete up to ``chunk`` markers (of ``meter_id``, or of any meter) and return their
+    distinct keys. In key order, so that a chunk holds neighbouring days and recomputes
+    each month once."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_REFRESH_LOCK])
+        cursor.execute(
+            "DELETE FROM meters_staleusageday WHERE id IN (SELECT id FROM "
+            "meters_staleusageday WHERE %s::bigint IS NULL OR meter_id = %s "
+            "ORDER BY meter_id, day, id LIMIT %s) RETURNING meter_id, day",
+            [meter_id, meter_id, chunk],
+        )
+        return sorted(set(cursor.fetchall()))
 
 
 def _last_sql(column: str) -> str:
@@ -224,131 +283,3 @@ def month_of(day: dt.date) -> tuple[dt.date, dt.date]:
     """[first day, first day of the next month) of ``day``'s month."""
     first = day.replace(day=1)
     return first, (first + dt.timedelta(days=32)).replace(day=1)
-
-
-def _recompute_plain(keys: list[tuple[int, dt.date]]) -> None:
-    """SQLite: the same in Python (exact decimals are text there)."""
-    for meter_id, day in keys:
-        _recompute_plain_day(meter_id, day)
-    for meter_id, month in sorted({(meter_id, month_of(day)[0]) for meter_id, day in keys}):
-        _recompute_plain_month(meter_id, month)
-
-
-# In ``UsageAccumulator.add``'s order.
-_ROW_FIELDS = (
-    "customer_id",
-    "value_sum",
-    "event_count",
-    "last_timestamp",
-    "last_event_id",
-    "last_value",
-)
-
-
-def _combine_rows(rows: Iterable[tuple[Any, ...]]) -> dict[int, UsageAccumulator]:
-    """{customer id: its rollup rows combined: sum, count and the last event}."""
-    combined: dict[int, UsageAccumulator] = defaultdict(UsageAccumulator)
-    for customer_id, *fields in rows:
-        combined[customer_id].add(*fields)
-    return dict(combined)
-
-
-def _rollup_fields(combined: UsageAccumulator) -> dict[str, Any]:
-    """A daily or monthly row's columns from its rows combined (never empty)."""
-    assert combined.last_key is not None  # rows come from non-empty rollups only
-    last_timestamp, last_event_id = combined.last_key
-    return {
-        "value_sum": combined.total,
-        "event_count": combined.events,
-        "last_value": combined.last_value,
-        "last_timestamp": last_timestamp,
-        "last_event_id": last_event_id,
-    }
-
-
-def _recompute_plain_month(meter_id: int, month: dt.date) -> None:
-    first, after = month_of(month)
-    per_customer = _combine_rows(
-        MeterDailyRollup.objects.filter(meter_id=meter_id, day__gte=first, day__lt=after)
-        .order_by("day")
-        .values_list(*_ROW_FIELDS)
-    )
-    MeterMonthlyRollup.objects.filter(meter_id=meter_id, month=first).delete()
-    MeterMonthlyRollup.objects.bulk_create(
-        [
-            MeterMonthlyRollup(
-                meter_id=meter_id, month=first, customer_id=customer_id, **_rollup_fields(c)
-            )
-            for customer_id, c in sorted(per_customer.items())
-        ],
-        batch_size=500,
-    )
-
-
-@dataclass(slots=True)
-class _MeterTotal:
-    """A meter's usage across customers in an hour or day: for "last", the sum of each
-    customer's last value (``MeterUsageTotal.last_sum``)."""
-
-    value_sum: Decimal = Decimal(0)
-    event_count: int = 0
-    last_sum: Decimal = Decimal(0)
-
-    def add(self, total: Decimal, events: int, last_value: Decimal) -> None:
-        self.value_sum += total
-        self.event_count += events
-        self.last_sum += last_value
-
-
-def _recompute_plain_day(meter_id: int, day: dt.date) -> None:
-    start = day_start(day)
-    rollups = UsageRollup.objects.filter(
-        meter_id=meter_id, hour__gte=start, hour__lt=start + _DAY, event_count__gt=0
-    )
-    per_customer = _combine_rows(rollups.values_list(*_ROW_FIELDS))
-    per_hour: dict[dt.datetime, _MeterTotal] = defaultdict(_MeterTotal)
-    for hour, total, events, last_value in rollups.values_list(
-        "hour", "value_sum", "event_count", "last_value"
-    ):
-        assert last_value is not None  # every non-empty rollup has a last event
-        per_hour[hour].add(total, events, last_value)
-    MeterDailyRollup.objects.filter(meter_id=meter_id, day=day).delete()
-    MeterDailyRollup.objects.bulk_create(
-        [
-            MeterDailyRollup(
-                meter_id=meter_id, day=day, customer_id=customer_id, **_rollup_fields(c)
-            )
-            for customer_id, c in sorted(per_customer.items())
-        ],
-        batch_size=500,
-    )
-    MeterUsageTotal.objects.filter(
-        meter_id=meter_id, start__gte=start, start__lt=start + _DAY
-    ).delete()
-    totals = [
-        MeterUsageTotal(
-            meter_id=meter_id,
-            grain=MeterUsageTotal.Grain.HOUR,
-            start=hour,
-            value_sum=row.value_sum,
-            event_count=row.event_count,
-            last_sum=row.last_sum,
-        )
-        for hour, row in sorted(per_hour.items())
-    ]
-    if per_customer:
-        day_total = _MeterTotal()
-        for row in per_customer.values():
-            assert row.last_value is not None
-            day_total.add(row.total, row.events, row.last_value)
-        totals.append(
-            MeterUsageTotal(
-                meter_id=meter_id,
-                grain=MeterUsageTotal.Grain.DAY,
-                start=start,
-                value_sum=day_total.value_sum,
-                event_count=day_total.event_count,
-                last_sum=day_total.last_sum,
-            )
-        )
-    MeterUsageTotal.objects.bulk_create(totals, batch_size=500)

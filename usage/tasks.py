@@ -16,7 +16,8 @@ from usage.rollups import usage_days_refresh
     retry_backoff=True,
     max_retries=8,
 )
-def usage_days_refresh_task() -> int:
-    """Recompute the daily rollups of every stale (meter, day); idempotent. Sent after each
-    ingestion or cancellation commits, and by beat every minute as a sweep."""
-    return usage_days_refresh()
+def usage_days_refresh_task(meter_id: int | None = None) -> int:
+    """Recompute the daily rollups of every stale (meter, day) of ``meter_id`` (None: every
+    meter); idempotent. Queued per meter after an ingestion or cancellation commits (at most
+    one queued per meter), and by beat every minute as a sweep of every meter."""
+    return usage_days_refresh(meter_id=meter_id, queued=meter_id is not None)

@@ -102,7 +102,10 @@ else:
             # A file, not memory, so that a Celery worker started by the tests shares it.
             "TEST": {"NAME": VAR_DIR / "test-db.sqlite3"},
             "OPTIONS": {
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "init_command": (
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536; "
+                    "PRAGMA wal_autocheckpoint=10000; PRAGMA mmap_size=268435456;"
+                ),
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
@@ -232,6 +235,16 @@ CELERY_BEAT_SCHEDULE["meters-usage-days-refresh"] = {
     "task": "meters.usage_days_refresh",
     "schedule": 60.0,
 }
+# A commit queues its meters' refresh (unless one is queued already); it runs once no commit
+# of the meter came for USAGE_DAYS_REFRESH_QUIET_SECONDS, or at the latest
+# USAGE_DAYS_REFRESH_MAX_WAIT_SECONDS after it was queued, so the chunks of an import share
+# one refresh. The sweep forgets a queued refresh older than USAGE_DAYS_REFRESH_LOST_SECONDS
+# (its message was lost).
+USAGE_DAYS_REFRESH_QUIET_SECONDS = float(os.environ.get("USAGE_DAYS_REFRESH_QUIET_SECONDS", "2"))
+USAGE_DAYS_REFRESH_MAX_WAIT_SECONDS = int(
+    os.environ.get("USAGE_DAYS_REFRESH_MAX_WAIT_SECONDS", "300")
+)
+USAGE_DAYS_REFRESH_LOST_SECONDS = int(os.environ.get("USAGE_DAYS_REFRESH_LOST_SECONDS", "900"))
 # Invoice finalization grace period (Stripe: default 1 hour, at most 72 hours, and always
 # shorter than the billing interval). Late usage inside it still lands on the invoice.
 BILLING_GRACE_PERIOD_MINUTES = int(os.environ.get("BILLING_GRACE_PERIOD_MINUTES", "60"))

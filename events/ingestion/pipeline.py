@@ -22,6 +22,7 @@ from decimal import Decimal
 from django.db import connection, transaction
 from django.utils import timezone
 
+from events.ingestion import postgres, sqlite
 from events.ingestion.batches import rejection_of, rejections_hint
 from events.ingestion.columns import Accepted, ColumnsIntake
 from events.ingestion.dedup import StoredRow, conflict_message, identifier_set_digest
@@ -31,7 +32,7 @@ from events.ingestion.lookups import (
     meters_named,
     stored_by_identifier,
 )
-from events.ingestion.postgres import columns_write, staged_write
+from events.ingestion.postgres import staged_write
 from events.ingestion.rules import (
     Candidate,
     Context,
@@ -250,9 +251,10 @@ def meter_events_ingest_columns(
     ids_in_turn: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> IngestCounts:
     """``meter_events_ingest`` for events in columns: the same validation, deduplication,
-    storage and rollups, with counts instead of one result per event. On PostgreSQL new
-    events go straight into the events table with COPY; SQLite, dry runs and meters with an
-    event time window take the per-event path.
+    storage and rollups, with counts instead of one result per event. New events go
+    straight into the events table, set-based (COPY on PostgreSQL, ``executemany`` on
+    SQLite), their rollups upserted once per chunk; dry runs and meters with an event time
+    window (whose windows are re-decided event by event) take the per-event path.
 
     ``ids_in_turn`` is entered around drawing the new events' ids: a caller committing
     several chunks of one file at once uses it to keep ids in file order (the tie-break of
@@ -260,11 +262,7 @@ def meter_events_ingest_columns(
     with gc_paused():
         now = (now or timezone.now()).astimezone(UTC)
         meters = meters_named(set(columns.event_names))
-        if (
-            connection.vendor != "postgresql"
-            or batch.dry_run
-            or any(meter.event_time_window for meter in meters.values())
-        ):
+        if batch.dry_run or any(meter.event_time_window for meter in meters.values()):
             events = [columns.event_input(index) for index in range(len(columns))]
             report = _events_ingest(events, batch, now)
             return IngestCounts(
@@ -277,7 +275,7 @@ def meter_events_ingest_columns(
         full_set = _full_set_lookup(columns)
         if full_set is not None and full_set[1] and _still_valid(columns, meters, now):
             return IngestCounts(0, len(columns), 0, {}, list(range(len(columns))))  # all stored
-        return _columns_ingest_postgres(columns, batch, now, meters, full_set, ids_in_turn)
+        return _columns_ingest(columns, batch, now, meters, full_set, ids_in_turn)
 
 
 def _full_set_lookup(columns: EventColumns) -> tuple[str, bool] | None:
@@ -301,7 +299,7 @@ def _still_valid(columns: EventColumns, meters: dict[str, Meter], now: datetime)
     return in_window(min(columns.timestamps), window) and in_window(max(columns.timestamps), window)
 
 
-def _columns_ingest_postgres(
+def _columns_ingest(
     columns: EventColumns,
     batch: EventBatch,
     now: datetime,
@@ -322,7 +320,8 @@ def _columns_ingest_postgres(
             intake.settle_repeats(stored=True)  # each held by an event stored alike
             intake.accepted = Accepted()
         accepted = intake.accepted
-        stored = columns_write(accepted, batch, now, columns.lines, ids_in_turn)
+        store = postgres if connection.vendor == "postgresql" else sqlite
+        stored = store.columns_write(accepted, batch, now, columns.lines, ids_in_turn)
         conflicts = counts.rejected
         intake.settle_stored(stored)
         meter_ids, customer_ids, timestamps, values = _new_events(accepted, stored)

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 
 from events.ingestion import (
     EventColumns,
@@ -210,8 +210,6 @@ def test_an_identifier_the_sample_probe_missed_is_still_a_duplicate(db) -> None:
 
 
 def test_a_chunk_seen_in_full_is_all_duplicates_without_a_lookup(db) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("the embedded default (SQLite) takes the per-event path")
     api = MeterFactory.create(event_name="api_calls")
     CustomerFactory.create(external_id="cus_1")
     rows = [("api_calls", T + n, f"csv_{n:032x}_0", "cus_1", "2", "") for n in range(300)]

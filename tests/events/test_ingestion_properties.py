@@ -6,8 +6,9 @@ identifiers repeated within and across chunks, with the same content or not; who
 sent again) go through ``meter_events_ingest_columns`` one after the other in one batch, as
 an upload's chunks do. Then the counts, the stored events, the hourly rollups and the meter
 event summaries by hour, by day and over a range with partial hours are compared with what
-brute force over the raw inputs gives. On SQLite the columnar entry point takes the per-event
-path; the same answers hold.
+brute force over the raw inputs gives. Both databases take their set-based columnar writer
+(COPY on PostgreSQL, ``executemany`` and one rollup upsert per chunk on SQLite); the same
+answers hold.
 """
 
 from __future__ import annotations

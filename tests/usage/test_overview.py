@@ -22,8 +22,14 @@ from events.ingestion import (
 from events.models import EventBatch, MeterEvent
 from meters.models import Meter
 from tests.factories import CustomerFactory, MeterFactory, UserFactory
-from usage.models import MeterDailyRollup, MeterMonthlyRollup, MeterUsageTotal, StaleUsageDay
-from usage.rollups import usage_days_refresh
+from usage.models import (
+    MeterDailyRollup,
+    MeterMonthlyRollup,
+    MeterUsageTotal,
+    StaleUsageDay,
+    UsageRefreshQueued,
+)
+from usage.rollups import usage_days_refresh, usage_days_refresh_enqueue
 from usage.selectors import meter_top_customers, meter_usage_over_time
 from usage.summaries import Grouping
 
@@ -277,3 +283,75 @@ def test_a_day_emptied_by_cancellation_loses_its_daily_rows(world):
     ).exists()
     assert_exact({"sum": meter})
     assert len(customers) == 3
+
+
+def test_a_refresh_recomputes_only_the_days_an_import_touched(world):
+    """Proof by a daily row altered behind the refresh's back: an import into another day of
+    the same meter and month leaves it as it is; the day the import touched is exact again."""
+    meters, customers, _ = world
+    meter = meters["sum"]
+    usage_days_refresh()
+    untouched, touched = (MONTH + 3 * DAY).date(), MONTH + 6 * DAY
+    MeterDailyRollup.objects.filter(meter=meter, day=untouched).update(
+        value_sum=F("value_sum") + 1000
+    )
+    altered = sorted(
+        MeterDailyRollup.objects.filter(meter=meter, day=untouched).values_list(
+            "customer_id", "value_sum"
+        )
+    )
+
+    send(meter, customers[0], [(touched + 3 * HOUR, "5"), (touched + 20 * HOUR, "0.5")])
+    assert usage_days_refresh() == 1  # one (meter, day)
+
+    assert (
+        sorted(
+            MeterDailyRollup.objects.filter(meter=meter, day=untouched).values_list(
+                "customer_id", "value_sum"
+            )
+        )
+        == altered
+    )
+    for row in MeterDailyRollup.objects.filter(meter=meter, day=touched.date()):
+        events = counted(meter, row.customer_id, touched, touched + DAY)
+        assert row.value_sum == sum((e.value for e in events), Decimal(0))
+        assert (row.event_count, row.last_event_id) == (len(events), events[-1].pk)
+    fast = overview(meter, touched, touched + DAY, Grouping.HOUR, from_hourly=False)
+    assert fast == overview(meter, touched, touched + DAY, Grouping.HOUR, from_hourly=True)
+
+
+def test_at_most_one_refresh_per_meter_is_queued_however_many_chunks_commit(world):
+    """Each commit asks for a refresh of its meters; while one is queued and not started, no
+    second one is queued. Once it starts, the next commit queues the next one."""
+    meters, customers, _ = world
+    first, second = meters["sum"], meters["count"]
+
+    assert usage_days_refresh_enqueue(meter_ids=[first.pk, second.pk]) == 2
+    for _ in range(5):  # more chunks commit before the refresh starts
+        assert usage_days_refresh_enqueue(meter_ids=[first.pk, second.pk]) == 0
+    assert set(UsageRefreshQueued.objects.values_list("meter_id", flat=True)) == {
+        first.pk,
+        second.pk,
+    }
+
+    usage_days_refresh(meter_id=first.pk)  # the queued refresh of the first meter runs
+    assert not StaleUsageDay.objects.filter(meter=first).exists()
+    assert StaleUsageDay.objects.filter(meter=second).exists()  # its own refresh is queued
+    assert usage_days_refresh_enqueue(meter_ids=[first.pk, second.pk]) == 1
+    send(first, customers[0], [(MONTH + 5 * DAY, "2")])
+    usage_days_refresh(meter_id=second.pk)
+    usage_days_refresh(meter_id=first.pk)
+    assert not StaleUsageDay.objects.filter(meter__in=[first, second]).exists()
+    assert not UsageRefreshQueued.objects.exists()
+    assert_exact({"sum": first, "count": second})
+
+
+def test_the_sweep_queues_again_a_meter_whose_refresh_message_was_lost(world):
+    meters, _, _ = world
+    meter = meters["last"]
+    assert usage_days_refresh_enqueue(meter_ids=[meter.pk]) == 1
+    UsageRefreshQueued.objects.update(queued_at=NOW - timedelta(hours=1))  # its message lost
+
+    usage_days_refresh()  # the sweep: every meter, and the lost flag forgotten
+    assert not StaleUsageDay.objects.exists()
+    assert usage_days_refresh_enqueue(meter_ids=[meter.pk]) == 1
