@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from functools import cached_property
 
 import numpy as np
 from django.conf import settings
@@ -201,8 +202,28 @@ class Upload(models.Model):
 
     @property
     def can_import(self) -> bool:
-        """A finished validate-only run whose stored file can now be imported for real."""
-        return self.validate_only and self.status == self.Status.VALIDATED and bool(self.file)
+        """A finished validate-only run whose stored file can now be imported for real, and
+        was not already: an import made from it that is not reverted (and did not fail)
+        holds its rows, and a second one would count them again."""
+        return (
+            self.validate_only
+            and self.status == self.Status.VALIDATED
+            and bool(self.file)
+            and self.import_made is None
+        )
+
+    @cached_property
+    def import_made(self) -> Upload | None:
+        """The import made from this validate-only run that still holds (or will hold) its
+        rows: not reverted, not failed. None when there is none."""
+        if not self.validate_only or self.pk is None:
+            return None
+        return (
+            Upload.objects.filter(validated_upload=self, reverted_at__isnull=True)
+            .exclude(status=self.Status.FAILED)
+            .order_by("-created", "-id")
+            .first()
+        )
 
     @property
     def counts_identical_rows(self) -> bool:

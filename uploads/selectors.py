@@ -336,7 +336,8 @@ def _recorded(
         recorded, twin_upload = f"earlier in this file (line {twin['line']})", None
     elif twin_upload is not None:
         recorded = (
-            f"upload {twin_upload.original_name}, {twin_upload.created:%Y-%m-%d %H:%M} UTC, "
+            f"upload {twin_upload.pk} ({twin_upload.original_name}), "
+            f"{twin_upload.created:%Y-%m-%d %H:%M} UTC, "
             f"by {_name(twin_upload.uploaded_by)}"
         )
     else:

@@ -269,7 +269,17 @@ def upload_revert(*, upload_id: int) -> Upload | None:
 
 @transaction.atomic
 def upload_import_validated(*, upload: Upload, user: User) -> Upload:
-    """Start the real import of a validate-only run's stored file (no second upload)."""
+    """Start the real import of a validate-only run's stored file (no second upload), once:
+    the run's row is locked, so two clicks at once make one import."""
+    upload = Upload.objects.select_for_update().get(pk=upload.pk)
+    made = upload.import_made
+    if made is not None:
+        raise ValidationError(
+            f"This file was imported already (upload {made.pk}, {made.get_status_display()}); "
+            "importing it again would count its rows twice. Revert that upload first to "
+            "import it again.",
+            code="imported_already",
+        )
     if not upload.can_import:
         raise ValidationError(
             "Only a finished validate-only run can be imported.", code="not_importable"

@@ -128,14 +128,14 @@ def test_every_row_a_duplicate_is_a_warning_that_says_where_each_was_recorded(
     assert "Nothing new: every row was already recorded" in page
     assert 'data-status="nothing_new"' in page and 'class="badge nothing_new"' in page
     assert "Duplicate rows 1\u20132" in page
-    assert f'href="{first.get_absolute_url()}">upload march.csv, ' in page
+    assert f'href="{first.get_absolute_url()}">upload {first.pk} (march.csv), ' in page
     assert f"by {finance_user.get_full_name() or finance_user.username}" in page
     listed = finance_client.get("/uploads/").content.decode()
     assert "Nothing new" in listed
 
     rows = duplicate_file(finance_client, again)
     assert [row["line"] for row in rows] == ["2", "3"]
-    assert all(row["recorded"].startswith("upload march.csv, ") for row in rows)
+    assert all(row["recorded"].startswith(f"upload {first.pk} (march.csv), ") for row in rows)
     assert all(row["recorded_in_upload"].endswith(first.get_absolute_url()) for row in rows)
 
 
@@ -230,6 +230,15 @@ def test_a_validate_only_run_is_validated_and_its_import_keeps_the_answer(
         1,
         2,
     )
+    assert counted_events(count_meter) == 3
+
+    # Back on the validated run: it says where its rows went, and a second import is refused
+    # (it would count them twice) until that import is reverted.
+    page = finance_client.get(check.get_absolute_url()).content.decode()
+    assert "Import this file" not in page and f"upload {imported.pk}" in page
+    response = finance_client.post(f"/uploads/{check.pk}/import/", follow=True)
+    assert "was imported already" in response.content.decode()
+    assert Upload.objects.filter(validated_upload=check).count() == 1
     assert counted_events(count_meter) == 3
 
 
