@@ -236,7 +236,7 @@ def test_ingestion_schedules_evaluation_after_commit_and_not_for_dry_runs(
 
 def alert_callbacks(callbacks):
     """Ingestion also schedules the meter overview's daily-rollup refresh after commit."""
-    return [c for c in callbacks if c is not usage_days_refresh_enqueue]
+    return [c for c in callbacks if getattr(c, "func", c) is not usage_days_refresh_enqueue]
 
 
 def test_enqueue_sends_nothing_when_no_alert_covers_the_pairs(admin, meter, customer):
