@@ -193,6 +193,11 @@ class StoredIdentifierSet(models.Model):
     again (the same file uploaded twice, an S3 file delivered twice) every one is a
     duplicate, known without looking up each identifier; and when the set held every row of
     the chunk, without validating each row again either.
+
+    For identifiers the source gave (which name no content), the set is of each identifier
+    with its event's content (``content_set_digest``), recorded for chunks with no identifier
+    repeated: the same events sent again match it; a chunk with any content changed does not,
+    and takes the full way, its conflicts reported.
     """
 
     digest = models.CharField(max_length=64)  # BLAKE2b of the identifiers in order, hex

@@ -73,3 +73,20 @@ def identifier_set_digest(identifiers: list[str]) -> str:
     """The identifiers in order (a chunk of the same file comes in the same order): the key
     of a ``StoredIdentifierSet``, whose events were all stored before."""
     return hashlib.blake2b("\n".join(identifiers).encode(), digest_size=32).hexdigest()
+
+
+def content_set_digest(
+    identifiers: list[str],
+    meter_ids: list[int],
+    customer_ids: list[int],
+    timestamps: list[int],
+    values: list[str],
+) -> str:
+    """For identifiers given by the source (which name no content): each identifier in order
+    with its event's meter id, customer id, Unix seconds and value text, the content a
+    stored event is compared by. Keyed apart from ``identifier_set_digest``'s sets."""
+    lines = map(
+        "{}\t{}\t{}\t{}\t{}".format, identifiers, meter_ids, customer_ids, timestamps, values
+    )
+    text = "\n".join(lines).encode()
+    return hashlib.blake2b(text, digest_size=32, person=b"with-content").hexdigest()

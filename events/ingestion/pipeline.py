@@ -25,7 +25,12 @@ from django.utils import timezone
 from events.ingestion import postgres, sqlite
 from events.ingestion.batches import rejection_of, rejections_hint
 from events.ingestion.columns import Accepted, ColumnsIntake
-from events.ingestion.dedup import StoredRow, conflict_message, identifier_set_digest
+from events.ingestion.dedup import (
+    StoredRow,
+    conflict_message,
+    content_set_digest,
+    identifier_set_digest,
+)
 from events.ingestion.lookups import (
     context_build,
     context_load,
@@ -313,7 +318,7 @@ def _columns_ingest(
     intake = ColumnsIntake(columns, batch, context_build(now, meters, refs))
     intake.accept()
     counts = intake.counts
-    fingerprint, seen = _identifier_set(columns, full_set, intake.accepted)
+    fingerprint, seen = _identifier_set(columns, full_set, intake)
     with transaction.atomic():
         if seen:  # its events all stored before (the same file again): all duplicates
             intake.duplicates_all()
@@ -343,16 +348,30 @@ def _columns_ingest(
 
 
 def _identifier_set(
-    columns: EventColumns, full_set: tuple[str, bool] | None, accepted: Accepted
+    columns: EventColumns, full_set: tuple[str, bool] | None, intake: ColumnsIntake
 ) -> tuple[str | None, bool]:
-    """The digest of the candidates' identifiers (when the source derived them from the
-    content) and whether a ``StoredIdentifierSet`` has it."""
+    """The digest of the candidates' identifiers and whether a ``StoredIdentifierSet`` has
+    it: of the identifiers alone when the source derived them from the content, else (every
+    row given its own identifier, none repeated in the chunk) of each identifier with its
+    candidate's content, so that only the same events sent again match."""
+    accepted = intake.accepted
     if full_set is not None and len(accepted.positions) == len(columns):
         return full_set  # every row is a candidate: the set looked up already
-    if columns.content_addressed and accepted.identifiers:
+    if not accepted.identifiers:
+        return None, False
+    if columns.content_addressed:
         digest = identifier_set_digest(accepted.identifiers)
-        return digest, StoredIdentifierSet.objects.filter(digest=digest).exists()
-    return None, False
+    elif not intake.repeats and all(columns.identifiers):
+        digest = content_set_digest(
+            accepted.identifiers,
+            accepted.meter_ids,
+            accepted.customer_ids,
+            accepted.timestamps,
+            accepted.values,
+        )
+    else:
+        return None, False
+    return digest, StoredIdentifierSet.objects.filter(digest=digest).exists()
 
 
 def _new_events(

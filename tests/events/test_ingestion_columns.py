@@ -246,6 +246,63 @@ def test_a_chunk_seen_in_full_is_all_duplicates_without_a_lookup(db) -> None:
     }
 
 
+def _sent_with_own_identifiers(rows: list[tuple]) -> tuple[int, int, int]:
+    batch = event_batch_create(source=EventBatch.Source.CSV)
+    counts = meter_events_ingest_columns(columns=columns_of(rows), batch=batch, now=NOW)
+    return counts.accepted, counts.duplicates, counts.rejected
+
+
+def test_a_chunk_with_its_own_identifiers_sent_again_alike_is_all_duplicates(db) -> None:
+    api = MeterFactory.create(event_name="api_calls")
+    CustomerFactory.create(external_id="cus_1")
+    rows = [("api_calls", T + n, f"inv-{n:04d}", "cus_1", "2", "") for n in range(300)]
+
+    assert _sent_with_own_identifiers(rows) == (300, 0, 0)
+    # The chunk's identifiers with their content are recorded: sent again, it is known
+    # stored as a whole.
+    assert StoredIdentifierSet.objects.get().events == 300
+    assert _sent_with_own_identifiers(rows) == (0, 300, 0)
+    assert StoredIdentifierSet.objects.count() == 1
+    assert MeterEvent.objects.filter(meter=api).count() == 300
+    rollup = UsageRollup.objects.get(meter=api)
+    assert (rollup.event_count, rollup.value_sum) == (300, Decimal(600))
+
+
+def test_a_chunk_sent_again_with_one_value_changed_reports_that_rows_conflict(db) -> None:
+    api = MeterFactory.create(event_name="api_calls")
+    CustomerFactory.create(external_id="cus_1")
+    rows = [("api_calls", T + n, f"inv-{n:04d}", "cus_1", "2", "") for n in range(300)]
+    assert _sent_with_own_identifiers(rows) == (300, 0, 0)
+
+    changed = list(rows)
+    changed[123] = ("api_calls", T + 123, "inv-0123", "cus_1", "5", "")
+    batch = event_batch_create(source=EventBatch.Source.CSV)
+    counts = meter_events_ingest_columns(columns=columns_of(changed), batch=batch, now=NOW)
+
+    assert (counts.accepted, counts.duplicates, counts.rejected) == (0, 299, 1)
+    rejection = EventRejection.objects.get(batch=batch)
+    assert rejection.code == "duplicate_meter_event_conflict"
+    assert "inv-0123" in rejection.message and "value" in rejection.message
+    # Nothing changed, and the changed chunk is not recorded as stored: sent again, its
+    # conflict is reported again.
+    assert MeterEvent.objects.get(identifier="inv-0123").value == Decimal(2)
+    assert _sent_with_own_identifiers(changed) == (0, 299, 1)
+    assert _sent_with_own_identifiers(rows) == (0, 300, 0)
+    assert UsageRollup.objects.get(meter=api).value_sum == Decimal(600)
+
+
+def test_a_chunk_repeating_an_identifier_is_still_judged_row_by_row(db) -> None:
+    MeterFactory.create(event_name="api_calls")
+    CustomerFactory.create(external_id="cus_1")
+    rows = [("api_calls", T + n, f"inv-{n:04d}", "cus_1", "2", "") for n in range(10)]
+    rows.append(("api_calls", T + 3, "inv-0003", "cus_1", "2", ""))  # the same event again
+
+    assert _sent_with_own_identifiers(rows) == (10, 1, 0)
+    assert not StoredIdentifierSet.objects.exists()
+    rows[-1] = ("api_calls", T + 3, "inv-0003", "cus_1", "7", "")
+    assert _sent_with_own_identifiers(rows) == (0, 10, 1)
+
+
 def test_blank_identifiers_are_missing_on_both_paths(db) -> None:
     """A blank identifier is no identifier: each such row gets its own, on both paths (a
     plain chunk once took the blanks as one identifier, a conflict between the rows)."""
