@@ -76,6 +76,12 @@ class Accepted:
         )
         return content_differences(mine, theirs)
 
+    def stored_split(self, stored: dict[str, StoredRow]) -> tuple[dict[int, StoredRow], list[int]]:
+        """Given the stored rows of the identifiers already taken ({identifier: row}), the
+        candidates they hold ({position: stored row}) and the positions of the new ones."""
+        existing = {self.first_at[identifier]: row for identifier, row in stored.items()}
+        return existing, [p for p in range(len(self.positions)) if p not in existing]
+
     def payloads_fill(self, positions: list[int]) -> None:
         """Make the payload JSON of those ``positions`` that have none yet."""
         missing = [position for position in positions if not self.payloads[position]]

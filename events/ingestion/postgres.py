@@ -181,9 +181,7 @@ def columns_write(
     if not count:
         return {}
     with connection.cursor() as cursor:
-        stored = probe(cursor, accepted.identifiers)
-        existing = {accepted.first_at[identifier]: row for identifier, row in stored.items()}
-        new = [position for position in range(count) if position not in existing]
+        existing, new = accepted.stored_split(probe(cursor, accepted.identifiers))
         if not new:
             return existing
         accepted.payloads_fill(new)
