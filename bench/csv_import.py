@@ -267,6 +267,8 @@ def _run(args: argparse.Namespace) -> None:
     from django.conf import settings
     from django.db import connection
 
+    from uploads.limits import chunk_rows
+
     user, refs = _setup()
     folder = Path(settings.VAR_DIR) / "bench-files"
     if args.embedded:  # the files outlive the temporary var dir, for the next run
@@ -295,7 +297,7 @@ def _run(args: argparse.Namespace) -> None:
         print(f"file: {big} ({big.stat().st_size / 1e6:.0f} MB, {args.big_rows:,} rows)")
         label = f"first import {args.big_rows // 1_000_000}M"
         results.append(_import(label, big, user, args.concurrency))
-    print(f"chunk: {settings.USAGE_UPLOAD_CHUNK_ROWS} rows per transaction")
+    print(f"chunk: {chunk_rows()} rows per transaction")
     _print(results)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import connection
 
 
 def setting(name: str, default: int) -> int:
@@ -14,7 +15,12 @@ def max_upload_bytes() -> int:
 
 
 def chunk_rows() -> int:
-    return setting("USAGE_UPLOAD_CHUNK_ROWS", 20_000)
+    """Rows per import transaction. SQLite's default is larger: each commit writes every
+    page it dirtied to the WAL, and an index page filled by five times the rows is written
+    once, not five times (1M rows, one run each side by side: 20,000 rows 12,800 rows/s,
+    100,000 rows 16,700 rows/s). Cancelling rolls back the chunk being written either way."""
+    default = 20_000 if connection.vendor == "postgresql" else 100_000
+    return setting("USAGE_UPLOAD_CHUNK_ROWS", default)
 
 
 def max_line_bytes() -> int:

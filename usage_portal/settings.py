@@ -208,13 +208,10 @@ USAGE_TIMESTAMP_MAX_FUTURE_SECONDS = int(
 USAGE_UPLOAD_MAX_BYTES = int(os.environ.get("USAGE_UPLOAD_MAX_BYTES", str(1024**3)))
 # CSV uploads: rows per committed chunk, the longest line accepted, and when a job counts as
 # stale for the periodic re-queue (queued but never started; running with no heartbeat).
-# Rows per import transaction. SQLite's larger default: each commit writes every page it
-# dirtied to the WAL, and an index page filled by five times the rows is written once, not
-# five times (1M rows, one run each side by side: 20,000 rows 12,800 rows/s, 100,000 rows
-# 16,700 rows/s). Cancelling rolls back the chunk being written either way.
-USAGE_UPLOAD_CHUNK_ROWS = int(
-    os.environ.get("USAGE_UPLOAD_CHUNK_ROWS", "20000" if DATABASE_URL else "100000")
-)
+# Rows per import transaction; unset: 20,000 on PostgreSQL, 100,000 on SQLite. See
+# uploads/limits.py.
+if "USAGE_UPLOAD_CHUNK_ROWS" in os.environ:
+    USAGE_UPLOAD_CHUNK_ROWS = int(os.environ["USAGE_UPLOAD_CHUNK_ROWS"])
 # Connections committing an upload's chunks at once (0: none, the job's own thread commits);
 # unset: 2 on PostgreSQL, 1 on SQLite. See uploads/writers.py.
 if "USAGE_UPLOAD_WRITERS" in os.environ:
