@@ -122,6 +122,26 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def processes(self) -> list[int]:
+        """The worker's process and its pool's (Linux: read from /proc)."""
+        found = [self.process.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = (entry / "stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                        found.append(int(entry.name))
+        return found
+
+    def has_loaded(self, fragment: str) -> bool:
+        """Whether any of its processes has mapped a file whose path holds ``fragment``
+        (a library's compiled modules: imported)."""
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                if fragment in Path(f"/proc/{pid}/maps").read_text():
+                    return True
+        return False
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes: no clean shutdown, no acks."""
         with contextlib.suppress(ProcessLookupError):

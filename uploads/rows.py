@@ -36,6 +36,7 @@ from uploads.reading import (
     meter_columns_missing_error,
     unescape_cell,
 )
+from usage_portal import arrow
 
 _DATE_ONLY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _UNIX_SECONDS = re.compile(r"-?\d{1,11}")
@@ -328,21 +329,25 @@ class RowBuilder:
         if not missing:
             return
         # Column by column in Arrow; only the hashing and the rare unusual value are per row.
-        taken = pa.array(missing, type=pa.int64())
-        row_names = pa.array(names, type=pa.string()).take(taken)
+        taken = arrow.int64s(missing)
+        row_names = arrow.strings(names).take(taken)
         customers, values = self._customers_and_values(set(names), row_names, payload, taken)
         content = pc.binary_join_element_wise(
             row_names,
             customers,
-            pa.array(timestamps, type=pa.int64()).take(taken).cast(pa.string()),
+            arrow.int64s(timestamps).take(taken).cast(pa.string()),
             _normalized_values(values),
-            "\x1f",
+            arrow.text("\x1f"),
         )
         digests = _digests(content)
         keys = np.frombuffer(digests, dtype=">u8")[::2]  # a digest's first 8 bytes
-        occurrences = pa.array(self.occurrences.count(keys), type=pa.int64())
+        occurrences = arrow.int64s(self.occurrences.count(keys))
         made = pc.binary_join_element_wise(
-            "csv_", _hex(digests), "_", occurrences.cast(pa.string()), ""
+            arrow.text("csv_"),
+            _hex(digests),
+            arrow.text("_"),
+            occurrences.cast(pa.string()),
+            _EMPTY,
         ).to_pylist()
         if len(missing) == len(identifiers):
             identifiers[:] = made
@@ -359,14 +364,14 @@ class RowBuilder:
     ) -> tuple[pa.Array, pa.Array]:
         """The customer and the value of each row in ``taken``, from the payload columns its
         meter names ("" for a meter not known, or a column the file lacks)."""
-        nothing = pa.array([""] * len(taken), type=pa.string())
+        nothing = arrow.strings([""] * len(taken))
         arrays: dict[str, pa.Array] = {}
 
         def payload_column(key: str) -> pa.Array:
             if key not in payload:
                 return nothing
             if key not in arrays:
-                arrays[key] = pa.array(payload[key], type=pa.string()).take(taken)
+                arrays[key] = arrow.strings(payload[key]).take(taken)
             return arrays[key]
 
         customers = values = nothing
@@ -374,7 +379,7 @@ class RowBuilder:
             meter = self.meters.get(name)
             if meter is None:
                 continue  # an unknown meter: no customer or value (the core refuses the row)
-            of_meter = pc.equal(row_names, name)
+            of_meter = pc.equal(row_names, arrow.text(name))
             customers = pc.if_else(of_meter, payload_column(meter.customer_key), customers)
             values = pc.if_else(of_meter, payload_column(meter.value_key), values)
         return customers, values
@@ -419,13 +424,14 @@ def _stripped(column: list[str]) -> list[str]:
 def _unix_seconds_or_none(texts: list[str]) -> list[int | None]:
     """Each text as Unix seconds when it is written as such (ASCII digits, at most 11),
     else None. In Arrow: it is the usual timestamp column."""
-    column = pa.array(texts, type=pa.string())
+    column = arrow.strings(texts)
     usual = pc.match_substring_regex(column, r"^[0-9]{1,11}$")
     if pc.all(usual).as_py() is not False:
         return column.cast(pa.int64()).to_pylist()
-    return pc.if_else(usual, column, None).cast(pa.int64()).to_pylist()
+    return pc.if_else(usual, column, arrow.text(None)).cast(pa.int64()).to_pylist()
 
 
+_EMPTY = arrow.text("")  # compute functions' arguments: made once, see usage_portal.arrow
 _PLAIN_NORMAL = r"^(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$"  # already as normalized_value makes it
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -433,13 +439,13 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 def _normalized_values(values: pa.Array) -> pa.Array:
     """``normalized_value`` of each value: in Arrow for empty and already normal values (the
     usual ones), in Python for the rest."""
-    usual = pc.or_(pc.equal(values, ""), pc.match_substring_regex(values, _PLAIN_NORMAL))
+    usual = pc.or_(pc.equal(values, _EMPTY), pc.match_substring_regex(values, _PLAIN_NORMAL))
     if pc.all(usual).as_py():
         return values
     texts = values.to_pylist()
-    for position in np.flatnonzero(~usual.to_numpy(zero_copy_only=False)).tolist():
+    for position in pc.indices_nonzero(pc.invert(usual)).to_pylist():
         texts[position] = normalized_value(texts[position])
-    return pa.array(texts, type=pa.string())
+    return arrow.strings(texts)
 
 
 def _hex(digests: bytes) -> pa.Array:

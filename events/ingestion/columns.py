@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from events.ingestion.batches import rejection_of
@@ -34,6 +33,7 @@ from events.ingestion.rules import (
 from events.ingestion.types import Code, EventColumns, IngestCounts
 from events.models import EventBatch, EventRejection
 from meters.models import Meter
+from usage_portal import arrow
 
 _Row = tuple[int, int, int, str]  # meter id, customer id, timestamp (Unix seconds), value
 # Per meter: itself, its customer and value columns, whether a missing value counts as 1.
@@ -290,6 +290,10 @@ class ColumnsIntake:
         return True
 
 
+# The JSON's fixed parts, as compute functions' arguments (see usage_portal.arrow).
+_EMPTY, _QUOTE, _OPEN, _CLOSE = (arrow.text(part) for part in ("", '"', "{", "}"))
+
+
 def _plain_payloads_json(
     keys: list[str], value_columns: list[list[str]], rows: list[int]
 ) -> list[str]:
@@ -297,14 +301,15 @@ def _plain_payloads_json(
     JSON and ``:"``) with its value, empty values left out. Column by column in Arrow."""
     if not keys:
         return ["{}"] * len(rows)
-    taken = pa.array(rows, type=pa.int64())
+    taken = arrow.int64s(rows)
     parts = []
     for key, column in zip(keys, value_columns, strict=True):
-        values = pa.array(column, type=pa.string()).take(taken)
-        pair = pc.binary_join_element_wise("," + key, values, '"', "")  # each with its comma
-        parts.append(pc.if_else(pc.equal(values, ""), "", pair))
-    joined = pc.utf8_slice_codeunits(pc.binary_join_element_wise(*parts, ""), 1)  # 1st comma
-    return pc.binary_join_element_wise("{", joined, "}", "").to_pylist()
+        values = arrow.strings(column).take(taken)
+        # Each pair with its comma before it.
+        pair = pc.binary_join_element_wise(arrow.text("," + key), values, _QUOTE, _EMPTY)
+        parts.append(pc.if_else(pc.equal(values, _EMPTY), _EMPTY, pair))
+    joined = pc.utf8_slice_codeunits(pc.binary_join_element_wise(*parts, _EMPTY), 1)  # 1st comma
+    return pc.binary_join_element_wise(_OPEN, joined, _CLOSE, _EMPTY).to_pylist()
 
 
 def _stored_content(row: StoredRow) -> tuple[int, int, int, Decimal]:

@@ -37,6 +37,7 @@ from events.ingestion.rollups import pg_lock, pg_rollups_merge, pg_windows_recom
 from events.ingestion.rules import Candidate
 from events.models import EventBatch
 from meters.models import Meter
+from usage_portal import arrow
 
 _PROBE_SAMPLE = 256  # identifiers in the sample probe for already stored events
 _STAGE_COLUMNS = "id, identifier, meter_id, customer_id, ts, value, payload, line, lock_hour, rend"
@@ -232,10 +233,10 @@ def _copy_rows(
 ) -> memoryview:
     """The COPY text (PostgreSQL's text format) of the new events at ``positions``, in that
     order: built column by column in Arrow, so no Python string is made per row."""
-    order = pa.array(positions, type=pa.int64())
+    order = arrow.int64s(positions)
 
     def column(values: list[Any], kind: pa.DataType) -> pa.Array:
-        return pa.array(values, type=kind).take(order)
+        return arrow.of(values, kind).take(order)
 
     def escaped(texts: pa.Array) -> pa.Array:
         for special, escape in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
@@ -251,11 +252,11 @@ def _copy_rows(
         column(accepted.timestamps, pa.int64()).cast(pa.timestamp("s", tz="UTC")).cast(pa.string()),
         column(accepted.values, pa.string()),
         escaped(column(accepted.payloads, pa.string())),
-        str(batch.pk),
-        now.isoformat(),
+        arrow.text(str(batch.pk)),
+        arrow.text(now.isoformat()),
         column(lines, pa.int64()).cast(pa.string()),
-        "f\n",  # superseded, and the row's end
-        "\t",
+        arrow.text("f\n"),  # superseded, and the row's end
+        arrow.text("\t"),
     )
     # A string array's values lie end to end in its data buffer: that is the whole text.
     offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[text.offset :][: len(text) + 1]

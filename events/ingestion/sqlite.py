@@ -33,6 +33,7 @@ from events.ingestion.lookups import stored_by_identifier
 from events.ingestion.rollups import plain_recompute, window_of
 from events.ingestion.rules import Candidate
 from events.models import EventBatch, MeterEvent
+from usage_portal import arrow
 
 _PROBE_CHUNK = 50_000  # identifiers per probe statement (one JSON parameter, no IN limit)
 
@@ -144,9 +145,7 @@ def columns_write(
 
 def _timestamp_texts(timestamps: list[int]) -> list[str]:
     """Unix seconds as SQLite's datetime text (UTC): ``YYYY-MM-DD HH:MM:SS``."""
-    return (
-        pa.array(timestamps, type=pa.int64()).cast(pa.timestamp("s")).cast(pa.string()).to_pylist()
-    )
+    return arrow.int64s(timestamps).cast(pa.timestamp("s")).cast(pa.string()).to_pylist()
 
 
 def _rollups_upsert(

@@ -86,6 +86,22 @@ def test_upload_imports_valid_rows_and_explains_the_others(
     assert rollup_total(api_meter) == (Decimal("11.0"), 4)
 
 
+def test_an_import_leaves_pandas_unloaded_in_the_worker(
+    celery_worker, finance_client: Client, api_meter: Meter, count_meter: Meter, customers
+) -> None:
+    # pyarrow's ``pa.array`` and compute functions given Python values import pandas (about
+    # 50 MB a worker would hold for nothing; the 5M-row import went over its memory budget).
+    for rows_without_identifier in (COPY, Upload.RowsWithoutIdentifier.NEW_USAGE):
+        upload = wait_for(
+            post_upload(
+                finance_client, mixed_file(), rows_without_identifier=rows_without_identifier
+            )
+        )
+        assert upload.rows_read == 9 and upload.rows_failed == 3
+    assert celery_worker.has_loaded("/pyarrow/")  # the check sees what a pool process loads
+    assert not celery_worker.has_loaded("/pandas/")
+
+
 def test_error_file_fixed_and_uploaded_again_imports_only_the_fixed_rows(
     celery_worker, finance_client: Client, api_meter: Meter, count_meter: Meter, customers
 ) -> None:
