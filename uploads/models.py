@@ -96,6 +96,11 @@ class Upload(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)  # last handed to the broker
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When this run's import pass began, and the rows read before it (an earlier run's, or
+    # those before a cancellation): the live rate and time left are this pass's, not
+    # diluted by the validation pass or the pause before "Import the rest".
+    import_started_at = models.DateTimeField(null=True, blank=True)
+    import_start_rows = models.BigIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     # The run that owns the job; a newer run takes over and the older one stops.

@@ -258,8 +258,18 @@ def _validate(
         upload.rows_total = inspection.records
         if not upload.validate_only:
             upload.status = Upload.Status.IMPORTING
-        upload.heartbeat_at = timezone.now()
-        upload.save(update_fields=["header", "rows_total", "status", "heartbeat_at"])
+        upload.heartbeat_at = upload.import_started_at = timezone.now()
+        upload.import_start_rows = upload.rows_read
+        upload.save(
+            update_fields=[
+                "header",
+                "rows_total",
+                "status",
+                "heartbeat_at",
+                "import_started_at",
+                "import_start_rows",
+            ]
+        )
     return upload, inspection.header
 
 

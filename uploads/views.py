@@ -140,8 +140,9 @@ def _safe_stem(upload: Upload) -> str:
 def _act(request: HtmxHttpRequest, upload: Upload, action: str) -> HttpResponse:
     try:
         if action == "cancel":
+            # No flash: the live panel says "cancelling…", then "Cancelled"; a flash
+            # would stay on the page after the cancellation is done.
             services.upload_cancel(upload=upload, user=request.user)
-            messages.success(request, "Cancellation requested.")
         elif action == "revert":
             services.upload_revert_request(upload=upload, user=request.user)
             messages.success(

@@ -39,6 +39,8 @@ def test_cancel_then_import_the_rest(page, celery_worker_factory) -> None:
     page.on("dialog", lambda dialog: dialog.accept())  # "Cancel this upload?"
     page.click("text=Cancel upload")
     page.wait_for_selector('#upload-status[data-status="cancelled"]', timeout=30_000)
+    # The page says what happened once, in its status, with no flash left behind.
+    assert "Cancellation requested" not in page.inner_text("body")
     upload = Upload.objects.get()
     assert upload.records_committed < rows, "the import ended before the cancel"
 

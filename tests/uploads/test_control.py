@@ -64,6 +64,8 @@ def test_cancel_mid_import_then_import_the_rest_counts_the_file_exactly_once(
     upload = wait_for(upload)
 
     assert upload.status == Upload.Status.SUCCEEDED
+    # The live rate was the second pass's: it began with the rows committed before.
+    assert 0 < upload.import_start_rows < rows
     assert (upload.rows_read, upload.rows_imported, upload.rows_duplicate) == (rows, rows, 0)
     assert upload.committed_ranges == [[0, rows]]
     assert counted_events(api_meter) == rows

@@ -173,3 +173,30 @@ def test_revert_is_carried_out_by_a_worker_and_the_page_follows_it(
     live = finance_client.get(upload.get_absolute_url(), **HTMX)
     assert live.status_code == 286 and 'id="reverted"' in live.content.decode()
     assert upload.pk not in uploads_requeue_stale(now=later)
+
+
+@pytest.mark.django_db
+def test_the_live_rate_and_time_left_are_the_import_passs_not_diluted_by_a_pause(
+    finance_user,
+) -> None:
+    from uploads.selectors import upload_progress
+
+    began = timezone.now() - timedelta(hours=2)
+    resumed = began + timedelta(hours=1)  # "Import the rest", an hour after a cancellation
+    upload = Upload(
+        original_name="usage.csv",
+        uploaded_by=finance_user,
+        status=Upload.Status.IMPORTING,
+        rows_total=100_000,
+        rows_read=40_000,
+        started_at=began,
+        import_started_at=resumed,
+        import_start_rows=40_000,
+    )
+    # Before the pass's first commit: no rate yet, rather than one diluted by the pause.
+    waiting = upload_progress(upload=upload, now=resumed + timedelta(seconds=5))
+    assert (waiting.rows_per_second, waiting.seconds_left) == (None, None)
+
+    upload.rows_read = 60_000
+    progress = upload_progress(upload=upload, now=resumed + timedelta(seconds=10))
+    assert (progress.percent, progress.rows_per_second, progress.seconds_left) == (60, 2000, 20)
