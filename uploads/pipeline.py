@@ -90,9 +90,19 @@ def _claim(upload_id: int) -> _Claim | None:
         upload.attempts += 1
         upload.started_at = upload.started_at or now
         upload.heartbeat_at = now
+        upload.import_started_at = None  # until this run's import pass begins
         if upload.status == Upload.Status.QUEUED:
             upload.status = Upload.Status.VALIDATING
-        upload.save(update_fields=["run_token", "attempts", "started_at", "heartbeat_at", "status"])
+        upload.save(
+            update_fields=[
+                "run_token",
+                "attempts",
+                "started_at",
+                "heartbeat_at",
+                "import_started_at",
+                "status",
+            ]
+        )
         return _Claim(upload, upload.run_token)
 
 
@@ -176,6 +186,7 @@ def _process(upload: Upload, token: str, pulse: Pulse) -> None:
             builder = RowBuilder(
                 header, meters, occurrences, line_prefix=upload.row_identifier_prefix()
             )
+            _import_pass_begin(upload.pk, token)
             completed = _import(upload, token, builder, pulse)
     except FileProblem as error:
         # The first pass read the same bytes, so only a file changed underneath gets here.
@@ -183,6 +194,16 @@ def _process(upload: Upload, token: str, pulse: Pulse) -> None:
         return
     if completed:
         _succeed(upload.pk, token)
+
+
+def _import_pass_begin(upload_id: int, token: str) -> None:
+    """Mark when the import pass begins (after validation and any on-disk counting pass),
+    with the rows read before it: the live rate and time left are this pass's."""
+    with transaction.atomic():
+        upload = _locked_owned(upload_id, token)
+        upload.import_started_at = timezone.now()
+        upload.import_start_rows = upload.rows_read
+        upload.save(update_fields=["import_started_at", "import_start_rows"])
 
 
 def _succeed(upload_id: int, token: str) -> None:
@@ -258,18 +279,8 @@ def _validate(
         upload.rows_total = inspection.records
         if not upload.validate_only:
             upload.status = Upload.Status.IMPORTING
-        upload.heartbeat_at = upload.import_started_at = timezone.now()
-        upload.import_start_rows = upload.rows_read
-        upload.save(
-            update_fields=[
-                "header",
-                "rows_total",
-                "status",
-                "heartbeat_at",
-                "import_started_at",
-                "import_start_rows",
-            ]
-        )
+        upload.heartbeat_at = timezone.now()
+        upload.save(update_fields=["header", "rows_total", "status", "heartbeat_at"])
     return upload, inspection.header
 
 

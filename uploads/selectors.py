@@ -67,9 +67,10 @@ def upload_progress(*, upload: Upload, now: datetime | None = None) -> Progress:
     rate = None  # this import pass's (see Upload.import_started_at)
     if upload.import_started_at and upload.rows_read > upload.import_start_rows:
         seconds = (end - upload.import_started_at).total_seconds()
-        rate = int((upload.rows_read - upload.import_start_rows) / seconds) if seconds else None
-    elif upload.import_started_at is None and elapsed and upload.rows_read:
-        rate = int(upload.rows_read / elapsed)  # an upload from before the pass was marked
+        if seconds > 0:
+            rate = int((upload.rows_read - upload.import_start_rows) / seconds)
+    elif upload.import_started_at is None and not upload.is_active and elapsed and upload.rows_read:
+        rate = int(upload.rows_read / elapsed)  # finished before the pass was marked
     left = None
     if rate and upload.rows_total and upload.is_active:
         left = int((upload.rows_total - upload.rows_read) / rate)

@@ -194,6 +194,7 @@ def upload_import_rest(*, upload: Upload, user: User) -> Upload:
     upload.cancel_requested_by = None
     upload.finished_at = None
     upload.failed_reason = ""
+    upload.import_started_at = None  # no rate until the new pass begins (not the pause's)
     upload.save(
         update_fields=[
             "status",
@@ -201,6 +202,7 @@ def upload_import_rest(*, upload: Upload, user: User) -> Upload:
             "cancel_requested_by",
             "finished_at",
             "failed_reason",
+            "import_started_at",
         ]
     )
     audit_record(

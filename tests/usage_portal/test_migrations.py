@@ -250,6 +250,9 @@ def test_a_pre_split_database_keeps_its_rows_through_the_split(migrate) -> None:
     assert {row.pop("released_identifier") for row in after["meterevent"]} == {None}
     uploads_after = rows_of(Upload)
     assert {row.pop("rows_without_identifier") for row in uploads_after} == {"corrected_copy"}
+    # Nor was its import pass marked (the live rate's start).
+    marks = {(row.pop("import_started_at"), row.pop("import_start_rows")) for row in uploads_after}
+    assert marks == {(None, 0)}
     assert after == before
     assert uploads_after == uploads_before
     assert len(after["meterevent"]) == 4 and len(after["usagerollup"]) == 2
