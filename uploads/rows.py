@@ -347,7 +347,7 @@ class RowBuilder:
             _hex(digests),
             arrow.text("_"),
             occurrences.cast(pa.string()),
-            _EMPTY,
+            arrow.EMPTY,
         ).to_pylist()
         if len(missing) == len(identifiers):
             identifiers[:] = made
@@ -431,7 +431,6 @@ def _unix_seconds_or_none(texts: list[str]) -> list[int | None]:
     return pc.if_else(usual, column, arrow.text(None)).cast(pa.int64()).to_pylist()
 
 
-_EMPTY = arrow.text("")  # compute functions' arguments: made once, see usage_portal.arrow
 _PLAIN_NORMAL = r"^(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$"  # already as normalized_value makes it
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -439,7 +438,7 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 def _normalized_values(values: pa.Array) -> pa.Array:
     """``normalized_value`` of each value: in Arrow for empty and already normal values (the
     usual ones), in Python for the rest."""
-    usual = pc.or_(pc.equal(values, _EMPTY), pc.match_substring_regex(values, _PLAIN_NORMAL))
+    usual = pc.or_(pc.equal(values, arrow.EMPTY), pc.match_substring_regex(values, _PLAIN_NORMAL))
     if pc.all(usual).as_py():
         return values
     texts = values.to_pylist()

@@ -58,3 +58,6 @@ def text(value: str | None) -> pa.Scalar:
     """A string scalar (None: null), for a compute function's argument: given a Python
     ``str``, the function would make one through the pandas check."""
     return strings([value])[0]
+
+
+EMPTY = text("")  # the empty string, the compute functions' commonest argument

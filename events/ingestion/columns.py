@@ -291,7 +291,7 @@ class ColumnsIntake:
 
 
 # The JSON's fixed parts, as compute functions' arguments (see usage_portal.arrow).
-_EMPTY, _QUOTE, _OPEN, _CLOSE = (arrow.text(part) for part in ("", '"', "{", "}"))
+_QUOTE, _OPEN, _CLOSE = (arrow.text(part) for part in ('"', "{", "}"))
 
 
 def _plain_payloads_json(
@@ -306,10 +306,11 @@ def _plain_payloads_json(
     for key, column in zip(keys, value_columns, strict=True):
         values = arrow.strings(column).take(taken)
         # Each pair with its comma before it.
-        pair = pc.binary_join_element_wise(arrow.text("," + key), values, _QUOTE, _EMPTY)
-        parts.append(pc.if_else(pc.equal(values, _EMPTY), _EMPTY, pair))
-    joined = pc.utf8_slice_codeunits(pc.binary_join_element_wise(*parts, _EMPTY), 1)  # 1st comma
-    return pc.binary_join_element_wise(_OPEN, joined, _CLOSE, _EMPTY).to_pylist()
+        pair = pc.binary_join_element_wise(arrow.text("," + key), values, _QUOTE, arrow.EMPTY)
+        parts.append(pc.if_else(pc.equal(values, arrow.EMPTY), arrow.EMPTY, pair))
+    # Without the first pair's comma.
+    joined = pc.utf8_slice_codeunits(pc.binary_join_element_wise(*parts, arrow.EMPTY), 1)
+    return pc.binary_join_element_wise(_OPEN, joined, _CLOSE, arrow.EMPTY).to_pylist()
 
 
 def _stored_content(row: StoredRow) -> tuple[int, int, int, Decimal]:
