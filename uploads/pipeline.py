@@ -11,7 +11,10 @@
    events, its rejections and the job's progress (the resume point included) commit in ONE
    transaction, under a lock on the upload row. A retried run skips the records already
    committed, so nothing is counted twice. Writer threads (``uploads.writers``) commit
-   chunks while the next is built.
+   chunks while the next is built. On SQLite the one writer commits several chunks at once
+   (each a savepoint, all or nothing with its progress), and steps aside for other writers
+   (``usage_portal.sqlite_lock``); the page shows the progress not yet committed
+   (``uploads.pulse``).
 
 Cancellation is heard within a second in every pass (``uploads.pulse``) and stops the
 chunks being written at once (rolled back); what was committed stays (revert undoes it,
@@ -33,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -50,7 +54,14 @@ from meters.models import Meter
 from uploads.counters import Counter, ExternalCounter
 from uploads.limits import chunk_rows, max_columns, max_line_bytes, max_upload_bytes, setting
 from uploads.models import Upload, UploadDuplicates
-from uploads.pulse import CancelRequested, Pulse, RunSuperseded, run_check
+from uploads.pulse import (
+    CancelRequested,
+    Pulse,
+    RunSuperseded,
+    pending_progress_clear,
+    pending_progress_write,
+    run_check,
+)
 from uploads.reading import (
     IDENTIFIER_COLUMN,
     FileProblem,
@@ -66,7 +77,8 @@ from uploads.reading import (
     text_lines,
 )
 from uploads.rows import BuiltChunk, ParsedRow, RowBuilder
-from uploads.writers import ChunkWriters, Turnstile
+from uploads.writers import ChunkWriters, Span, Turnstile
+from usage_portal.sqlite_lock import wanted_flag
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +338,10 @@ def _import(upload: Upload, token: str, builder: RowBuilder, pulse: Pulse) -> bo
             position += len(chunk)
             if number % 50 == 49:
                 gc.collect()  # what few cycles the chunks made
-        return writers.close()
+        try:
+            return writers.close()
+        finally:
+            pending_progress_clear(upload.pk)
 
 
 class _InlineWriter:
@@ -362,11 +377,20 @@ def _chunk_writers(
     if not threads:
         return _InlineWriter(partial(_commit_chunk, upload_id, token, batch))
     turnstile = Turnstile()
+    flag = wanted_flag()
+    span = None
+    if flag is not None:  # SQLite: chunks committed together, the live progress on the side
+        span = partial(
+            Span,
+            seconds=float(settings.USAGE_UPLOAD_SQLITE_SPAN_SECONDS),
+            cache_mb=int(settings.USAGE_UPLOAD_SQLITE_CACHE_MB),
+            flag=flag,
+        )
 
     def write(number: int, part: tuple[int, BuiltChunk]) -> bool:  # a writer thread
         start, built = part
         try:
-            return _commit_chunk(
+            written = _commit_chunk(
                 upload_id,
                 token,
                 batch,
@@ -376,8 +400,11 @@ def _chunk_writers(
             )
         finally:
             turnstile.done(number)
+        if written and span is not None:
+            pending_progress_write(upload_id)
+        return written
 
-    return ChunkWriters(write, threads=threads, idle=pulse)
+    return ChunkWriters(write, threads=threads, idle=pulse, span=span)
 
 
 def _rejection_of(row: ParsedRow) -> RejectionInput:

@@ -16,15 +16,19 @@ second) and writes the heartbeat every ``USAGE_UPLOAD_HEARTBEAT_SECONDS``. It ra
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from uploads.models import Upload
+from usage_portal.sqlite_lock import write_lock_want
 
 CHECK_SECONDS = 0.5  # between two reads of the job's state
 
@@ -74,6 +78,66 @@ def cancel_flag_lower(upload_id: int) -> None:
         flag.unlink(missing_ok=True)
 
 
+# --- SQLite: the progress of the writer's open transaction, for the live panel ---------------
+# The writer commits several chunks at once (``uploads.writers.Span``), so the committed
+# progress moves only every few seconds; after each chunk the writer also writes the
+# progress its transaction holds to this file, and the upload page shows it while the job
+# runs. A file left by a run that died (its transaction rolled back) is ignored once stale.
+_PENDING_FIELDS = ("rows_read", "rows_imported", "rows_duplicate", "rows_failed", "meter_totals")
+PENDING_STALE_SECONDS = 60
+
+
+def _pending_file(upload_id: int) -> Path | None:
+    flag = cancel_flag(upload_id)
+    return None if flag is None else flag.with_name(f"{flag.name}.progress.json")
+
+
+def pending_progress_write(upload_id: int) -> None:
+    """Write the job's progress as this connection sees it (inside the writer's span)."""
+    if (path := _pending_file(upload_id)) is None:
+        return
+    values = Upload.objects.filter(pk=upload_id).values("run_token", *_PENDING_FIELDS).first()
+    if values is None:
+        return
+    scratch = path.with_name(f"{path.name}.{os.getpid()}")
+    scratch.write_text(json.dumps(values))
+    os.replace(scratch, path)
+
+
+def pending_progress_clear(upload_id: int) -> None:
+    if (path := _pending_file(upload_id)) is not None:
+        path.unlink(missing_ok=True)
+
+
+def pending_progress_apply(upload: Upload) -> None:
+    """Show on ``upload`` (not saved) what its running job has written and not committed."""
+    if not upload.is_active or (path := _pending_file(upload.pk)) is None:
+        return
+    try:
+        if time.time() - path.stat().st_mtime > PENDING_STALE_SECONDS:
+            return
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if values.get("run_token") != upload.run_token or values["rows_read"] <= upload.rows_read:
+        return
+    for name in _PENDING_FIELDS:
+        setattr(upload, name, values[name])
+
+
+@contextmanager
+def _lock_not_waited_for() -> Iterator[None]:
+    """SQLite: statements fail at once, rather than wait, while another connection holds the
+    write lock."""
+    timeout_ms = int(float(connection.settings_dict["OPTIONS"].get("timeout", 5)) * 1000)
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+
+
 class Pulse:
     """Call it inside a long pass: the heartbeat and the cancellation check when due."""
 
@@ -93,6 +157,7 @@ class Pulse:
         now = clock()
         self._next_check = now + min(CHECK_SECONDS, heartbeat_seconds)
         self._next_beat = now + heartbeat_seconds
+        self._last_beat = now
 
     def __call__(self) -> None:
         now = self._clock()
@@ -103,12 +168,31 @@ class Pulse:
             raise CancelRequested
         run_check(self.upload_id, self.token)
         if now >= self._next_beat:
-            self._next_beat = now + self._heartbeat_seconds
-            beat = Upload.objects.filter(
-                pk=self.upload_id, run_token=self.token, finished_at__isnull=True
-            ).update(heartbeat_at=timezone.now())
-            if not beat:
-                raise RunSuperseded
+            if not self._beat(overdue=now - self._last_beat > 3 * self._heartbeat_seconds):
+                return  # the lock is taken: again at the next check
+            self._next_beat = self._last_beat = now
+            self._next_beat += self._heartbeat_seconds
+
+    def _beat(self, *, overdue: bool) -> bool:
+        """Write the heartbeat; False if SQLite's write lock is taken and it is not overdue.
+        On SQLite the job's own writer holds the lock for a span of chunks, and each chunk's
+        progress carries a heartbeat: this one does not wait for the lock, unless it has not
+        been written for three beats (another job holds the lock): then it waits and says so."""
+        rows = Upload.objects.filter(pk=self.upload_id, run_token=self.token, finished_at=None)
+        if connection.vendor == "sqlite" and not overdue:
+            try:
+                with _lock_not_waited_for():
+                    beat = rows.update(heartbeat_at=timezone.now())
+            except OperationalError as error:
+                if "locked" not in str(error):
+                    raise
+                return False
+        else:
+            write_lock_want()
+            beat = rows.update(heartbeat_at=timezone.now())
+        if not beat:
+            raise RunSuperseded
+        return True
 
 
 def no_pulse() -> None:

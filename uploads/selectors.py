@@ -18,6 +18,7 @@ from events.models import EventBatch, EventRejection, MeterEvent
 from meters.models import Meter
 from uploads.advice import advice_for
 from uploads.models import Upload, UploadDuplicates
+from uploads.pulse import pending_progress_apply
 from uploads.reading import escape_cell
 from usage_portal.pagination import Page
 
@@ -53,6 +54,12 @@ class Progress:
     rows_per_second: int | None
     seconds_left: int | None
     meter_totals: list[MeterTotalLine]
+
+
+def upload_pending_progress_show(*, upload: Upload) -> None:
+    """On SQLite, show on ``upload`` (not saved) the progress its running job has written and
+    not yet committed: the job commits several chunks at once (``uploads.pulse``)."""
+    pending_progress_apply(upload)
 
 
 def upload_progress(*, upload: Upload, now: datetime | None = None) -> Progress:

@@ -70,6 +70,7 @@ def upload_create(request: HtmxHttpRequest) -> HttpResponse:
 @role_required(Role.SUPPORT)
 def upload_detail(request: HtmxHttpRequest, upload_pk: int) -> HttpResponse:
     upload = _upload_or_404(upload_pk)
+    selectors.upload_pending_progress_show(upload=upload)
     filters = ErrorFilterForm(request.GET)
     filters.is_valid()
     code = filters.cleaned_data.get("code") or ""

@@ -8,6 +8,9 @@ one transaction with its share of the job's progress; see ``uploads.pipeline``.
 
 The threads wait on the database with the GIL released, so they overlap with the parsing
 thread; their own Python work (validation, COPY text) takes turns with it.
+
+On SQLite the one writer thread commits several chunks together (``Span``): each chunk is
+still all or nothing with its progress, and a span is all or nothing with its chunks.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Generic, TypeVar
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+
+from usage_portal.sqlite_lock import wanted_stamp, write_lock_want
 
 Item = TypeVar("Item")
 
@@ -53,6 +60,64 @@ class Turnstile:
             self._changed.notify_all()
 
 
+class Span:
+    """SQLite: a writer thread's chunks in one transaction, for fewer commits (each writes
+    every page it dirtied; see ``usage_portal.sqlite_lock``). Committed ``seconds`` after it
+    began, when the writer ends, and when another writer raised the "write lock wanted" flag
+    (seen at the end of each chunk, and every ``POLL_SECONDS`` while the writer waits for
+    one): then this writer waits a moment, so that the other takes the lock first (SQLite's
+    lock is not fair). Each
+    chunk's own transaction is a savepoint in the span. Made in the writer thread (its
+    connection), with a page cache of ``cache_mb`` for that connection."""
+
+    POLL_SECONDS = 0.1
+    STEP_ASIDE_SECONDS = 0.3
+
+    def __init__(self, *, seconds: float, cache_mb: int, flag: Path) -> None:
+        self._seconds, self._flag = seconds, flag
+        self._atomic: transaction.Atomic | None = None
+        self._began, self._stamp = 0.0, 0
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA cache_size = -{int(cache_mb) * 1024}")
+
+    @property
+    def is_open(self) -> bool:
+        return self._atomic is not None
+
+    def open(self) -> None:
+        if self._atomic is not None:
+            return
+        write_lock_want()  # another import's span steps aside too
+        atomic = transaction.atomic()
+        atomic.__enter__()
+        self._atomic = atomic
+        self._began, self._stamp = time.monotonic(), wanted_stamp(self._flag)
+
+    def due(self) -> bool:
+        """Is it time to commit?"""
+        if self._atomic is None:
+            return False
+        return self._wanted() or time.monotonic() - self._began >= self._seconds
+
+    def _wanted(self) -> bool:
+        return wanted_stamp(self._flag) != self._stamp
+
+    def commit(self) -> None:
+        atomic, self._atomic = self._atomic, None
+        if atomic is None:
+            return
+        wanted = self._wanted()
+        atomic.__exit__(None, None, None)
+        if wanted:
+            time.sleep(self.STEP_ASIDE_SECONDS)
+
+    def rollback(self) -> None:
+        atomic, self._atomic = self._atomic, None
+        if atomic is not None:
+            error = RuntimeError("the span is rolled back")
+            atomic.__exit__(RuntimeError, error, None)
+
+
 class WriterStopped(Exception):
     """A writer asked the pipeline to stop (the job was cancelled)."""
 
@@ -77,9 +142,11 @@ class ChunkWriters(Generic[Item]):
         *,
         threads: int,
         idle: Callable[[], None] = lambda: None,
+        span: Callable[[], Span] | None = None,
     ) -> None:
         self._write = write
         self._idle = idle
+        self._span = span
         self._connections: list[BaseDatabaseWrapper] = []  # each thread's, to interrupt
         self._items: queue.Queue[tuple[int, Item] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
@@ -95,23 +162,61 @@ class ChunkWriters(Generic[Item]):
 
     def _run(self) -> None:
         self._connections.append(connections[DEFAULT_DB_ALIAS])
+        span: Span | None = None
+        failed = False
         try:
-            while (entry := self._items.get()) is not None:
+            span = self._span() if self._span is not None else None
+            while (entry := self._next(span)) is not None:
                 if self._stopped.is_set():
                     continue  # drain: the pipeline stops
-                number, item = entry
                 try:
-                    if not self._write(number, item):
-                        self._stopped.set()
+                    self._write_one(span, *entry)
                 except BaseException as error:  # handed to the caller
-                    if self._error is None:
-                        self._error = error
-                    self._stopped.set()
+                    failed = True
+                    self._fail(error)
                 finally:
-                    del entry, item
+                    del entry
                     self._room.release()
+        except BaseException as error:
+            failed = True
+            self._fail(error)
+        finally:
+            self._end(span, failed=failed)
+
+    def _write_one(self, span: Span | None, number: int, item: Item) -> None:
+        if span is not None:
+            span.open()
+        if not self._write(number, item):
+            self._stopped.set()
+        elif span is not None and span.due():
+            span.commit()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._stopped.set()
+
+    def _end(self, span: Span | None, *, failed: bool) -> None:
+        """The thread's last span committed (rolled back after an error); its connection
+        closed."""
+        try:
+            if span is not None:
+                span.rollback() if failed else span.commit()
+        except BaseException as error:
+            self._fail(error)
         finally:
             connections.close_all()
+
+    def _next(self, span: Span | None) -> tuple[int, Item] | None:
+        """The next item; while it is awaited, an open span still commits when it is due."""
+        if span is None:
+            return self._items.get()
+        while True:
+            try:
+                return self._items.get(timeout=Span.POLL_SECONDS)
+            except queue.Empty:
+                if span.due():
+                    span.commit()
 
     def reserve(self) -> bool:
         """Wait until there is room for one more item; False once the pipeline has stopped."""

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "usage_portal.sqlite_lock.WriteLockWantedMiddleware",  # SQLite: imports step aside
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -208,14 +209,19 @@ USAGE_TIMESTAMP_MAX_FUTURE_SECONDS = int(
 USAGE_UPLOAD_MAX_BYTES = int(os.environ.get("USAGE_UPLOAD_MAX_BYTES", str(1024**3)))
 # CSV uploads: rows per committed chunk, the longest line accepted, and when a job counts as
 # stale for the periodic re-queue (queued but never started; running with no heartbeat).
-# Rows per import transaction; unset: 20,000 on PostgreSQL, 100,000 on SQLite. See
-# uploads/limits.py.
+# Rows per chunk (a transaction on PostgreSQL; on SQLite several chunks commit together);
+# unset: 20,000 on PostgreSQL, 100,000 on SQLite. See uploads/limits.py.
 if "USAGE_UPLOAD_CHUNK_ROWS" in os.environ:
     USAGE_UPLOAD_CHUNK_ROWS = int(os.environ["USAGE_UPLOAD_CHUNK_ROWS"])
 # Connections committing an upload's chunks at once (0: none, the job's own thread commits);
 # unset: 2 on PostgreSQL, 1 on SQLite. See uploads/writers.py.
 if "USAGE_UPLOAD_WRITERS" in os.environ:
     USAGE_UPLOAD_WRITERS = int(os.environ["USAGE_UPLOAD_WRITERS"])
+# SQLite: an import's writer commits its chunks together, at least every this many seconds
+# (sooner when someone else wants the write lock), with this page cache in MB. See
+# uploads/writers.py (Span) and usage_portal/sqlite_lock.py.
+USAGE_UPLOAD_SQLITE_SPAN_SECONDS = float(os.environ.get("USAGE_UPLOAD_SQLITE_SPAN_SECONDS", "20"))
+USAGE_UPLOAD_SQLITE_CACHE_MB = int(os.environ.get("USAGE_UPLOAD_SQLITE_CACHE_MB", "1024"))
 # Files with more rows than this count identical rows on disk, in an extra pass, so a
 # worker's memory stays bounded whatever the file's size (8 bytes a row in memory up to it).
 USAGE_UPLOAD_COUNTER_MEMORY_ROWS = int(

@@ -45,7 +45,10 @@ def test_cancel_mid_import_then_import_the_rest_counts_the_file_exactly_once(
     # Twenty chunks: the cancellation is heard within a second (the job's pulse), long before
     # the other nineteen are through, whatever the database's speed (five chunks of 20,000
     # once raced the faster SQLite writer).
-    celery_worker_factory(env={"USAGE_UPLOAD_CHUNK_ROWS": "5000"})
+    # SQLite: a commit every second, not one for several chunks (see test_sqlite_spans).
+    celery_worker_factory(
+        env={"USAGE_UPLOAD_CHUNK_ROWS": "5000", "USAGE_UPLOAD_SQLITE_SPAN_SECONDS": "1"}
+    )
     upload = post_upload(finance_client, slow_file(rows))
     wait_for(upload, lambda u: u.records_committed > 0)
     finance_client.post(f"/uploads/{upload.pk}/cancel/")

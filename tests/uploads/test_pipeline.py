@@ -212,7 +212,9 @@ def test_cancel_a_queued_upload_and_a_running_one(
     queued.refresh_from_db()
     assert queued.status == Upload.Status.CANCELLED
 
-    celery_worker_factory(env={"USAGE_UPLOAD_CHUNK_ROWS": "200"})
+    celery_worker_factory(
+        env={"USAGE_UPLOAD_CHUNK_ROWS": "200", "USAGE_UPLOAD_SQLITE_SPAN_SECONDS": "1"}
+    )
     running = post_upload(finance_client, big_file(40_000))
     wait_for(running, lambda upload: upload.records_committed > 0)
     finance_client.post(f"/uploads/{running.pk}/cancel/")

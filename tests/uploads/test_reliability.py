@@ -44,7 +44,10 @@ def test_worker_killed_mid_import_resumes_and_counts_every_row_once(
 ) -> None:
     rows = 60_000
     upload = post_upload(finance_client, big_file(rows))
-    first = celery_worker_factory(env={"USAGE_UPLOAD_CHUNK_ROWS": "500"})
+    # SQLite: a commit every second, so the kill finds chunks committed and chunks not.
+    first = celery_worker_factory(
+        env={"USAGE_UPLOAD_CHUNK_ROWS": "500", "USAGE_UPLOAD_SQLITE_SPAN_SECONDS": "1"}
+    )
     wait_for(upload, lambda u: u.records_committed >= 2000)
     first.kill()
     upload.refresh_from_db()
