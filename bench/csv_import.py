@@ -286,6 +286,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.big_rows and args.embedded:
         seconds = _load_events(args.big_rows, refs)
         print(f"loaded {args.big_rows:,} events through the core in {seconds:.0f} s")
+        _at_rest()
         other = folder / f"usage-{args.rows}-{args.layout}-{day}-other.csv"
         _generate(other, args.rows, refs, layout=args.layout, seed=1)
         label = f"into {args.big_rows // 1_000_000}M events"
@@ -297,7 +298,8 @@ def _run(args: argparse.Namespace) -> None:
         print(f"file: {big} ({big.stat().st_size / 1e6:.0f} MB, {args.big_rows:,} rows)")
         label = f"first import {args.big_rows // 1_000_000}M"
         results.append(_import(label, big, user, args.concurrency))
-    print(f"chunk: {chunk_rows()} rows per transaction")
+    per = "transaction" if connection.vendor == "postgresql" else "chunk"
+    print(f"chunk: {chunk_rows():,} rows per {per}")
     _print(results)
 
 
@@ -308,6 +310,17 @@ def _print(results: list[Result]) -> None:
         counts = f"{r.imported:>11,}{r.duplicates:>11,}{r.failed:>8,}"
         memory = f"{r.peak_rss_mb:>13.0f}{r.main_rss_mb:>13.0f}"
         print(f"{r.label:<22}{r.rows:>11,}{r.seconds:>15.1f}{r.rate:>10,.0f}{counts}{memory}")
+
+
+def _at_rest() -> None:
+    """A database that holds the events, not one still writing them: the WAL checkpointed
+    into the file and the load's dirty pages on disk (the kernel flushes several GB of them
+    for a minute after the load, and the next import's writes queued behind them)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.sync()
 
 
 def _load_events(count: int, refs: list[str]) -> float:

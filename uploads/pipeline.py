@@ -316,6 +316,13 @@ def _import(upload: Upload, token: str, builder: RowBuilder, pulse: Pulse) -> bo
     keep the identical-row counts right. False: the run stopped (cancelled or superseded).
     ``pulse`` raises ``CancelRequested`` within a second of a cancellation; the writers then
     stop at once, their chunks in progress rolled back (``ChunkWriters.__exit__``)."""
+    try:
+        return _import_chunks(upload, token, builder, pulse)
+    finally:
+        pending_progress_clear(upload.pk)  # whatever the outcome: none is pending now
+
+
+def _import_chunks(upload: Upload, token: str, builder: RowBuilder, pulse: Pulse) -> bool:
     committed = sorted((low, high) for low, high in upload.committed_ranges)
     position = 0
     # The chunks' many short-lived objects die by reference counting; see gc_paused.
@@ -338,10 +345,7 @@ def _import(upload: Upload, token: str, builder: RowBuilder, pulse: Pulse) -> bo
             position += len(chunk)
             if number % 50 == 49:
                 gc.collect()  # what few cycles the chunks made
-        try:
-            return writers.close()
-        finally:
-            pending_progress_clear(upload.pk)
+        return writers.close()
 
 
 class _InlineWriter:

@@ -19,16 +19,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import OperationalError, connection
+from django.db import connection
 from django.utils import timezone
 
 from uploads.models import Upload
-from usage_portal.sqlite_lock import write_lock_want
 
 CHECK_SECONDS = 0.5  # between two reads of the job's state
 
@@ -41,17 +40,20 @@ class CancelRequested(Exception):
     """A user asked for the job to be cancelled."""
 
 
-def run_check(upload_id: int, token: str) -> None:
-    """``RunSuperseded`` or ``CancelRequested`` if this run should stop; an unlocked read."""
+def run_check(upload_id: int, token: str) -> datetime | None:
+    """``RunSuperseded`` or ``CancelRequested`` if this run should stop; an unlocked read.
+    Returns the job's committed heartbeat."""
     state = (
         Upload.objects.filter(pk=upload_id)
-        .values("run_token", "finished_at", "cancel_requested_at")
+        .values("run_token", "finished_at", "cancel_requested_at", "heartbeat_at")
         .first()
     )
     if state is None or state["run_token"] != token or state["finished_at"] is not None:
         raise RunSuperseded
     if state["cancel_requested_at"] is not None:
         raise CancelRequested
+    heartbeat: datetime | None = state["heartbeat_at"]
+    return heartbeat
 
 
 def cancel_flag(upload_id: int) -> Path | None:
@@ -111,7 +113,7 @@ def pending_progress_clear(upload_id: int) -> None:
 
 def pending_progress_apply(upload: Upload) -> None:
     """Show on ``upload`` (not saved) what its running job has written and not committed."""
-    if not upload.is_active or (path := _pending_file(upload.pk)) is None:
+    if upload.status not in Upload.RUNNING_STATUSES or (path := _pending_file(upload.pk)) is None:
         return
     try:
         if time.time() - path.stat().st_mtime > PENDING_STALE_SECONDS:
@@ -123,19 +125,6 @@ def pending_progress_apply(upload: Upload) -> None:
         return
     for name in _PENDING_FIELDS:
         setattr(upload, name, values[name])
-
-
-@contextmanager
-def _lock_not_waited_for() -> Iterator[None]:
-    """SQLite: statements fail at once, rather than wait, while another connection holds the
-    write lock."""
-    timeout_ms = int(float(connection.settings_dict["OPTIONS"].get("timeout", 5)) * 1000)
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA busy_timeout = 0")
-        try:
-            yield
-        finally:
-            cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
 
 
 class Pulse:
@@ -157,7 +146,6 @@ class Pulse:
         now = clock()
         self._next_check = now + min(CHECK_SECONDS, heartbeat_seconds)
         self._next_beat = now + heartbeat_seconds
-        self._last_beat = now
 
     def __call__(self) -> None:
         now = self._clock()
@@ -166,33 +154,25 @@ class Pulse:
         self._next_check = now + min(CHECK_SECONDS, self._heartbeat_seconds)
         if self._flag is not None and self._flag.exists():
             raise CancelRequested
-        run_check(self.upload_id, self.token)
-        if now >= self._next_beat:
-            if not self._beat(overdue=now - self._last_beat > 3 * self._heartbeat_seconds):
-                return  # the lock is taken: again at the next check
-            self._next_beat = self._last_beat = now
-            self._next_beat += self._heartbeat_seconds
-
-    def _beat(self, *, overdue: bool) -> bool:
-        """Write the heartbeat; False if SQLite's write lock is taken and it is not overdue.
-        On SQLite the job's own writer holds the lock for a span of chunks, and each chunk's
-        progress carries a heartbeat: this one does not wait for the lock, unless it has not
-        been written for three beats (another job holds the lock): then it waits and says so."""
-        rows = Upload.objects.filter(pk=self.upload_id, run_token=self.token, finished_at=None)
-        if connection.vendor == "sqlite" and not overdue:
-            try:
-                with _lock_not_waited_for():
-                    beat = rows.update(heartbeat_at=timezone.now())
-            except OperationalError as error:
-                if "locked" not in str(error):
-                    raise
-                return False
-        else:
-            write_lock_want()
-            beat = rows.update(heartbeat_at=timezone.now())
+        committed_beat = run_check(self.upload_id, self.token)
+        if now < self._next_beat:
+            return
+        self._next_beat = now + self._heartbeat_seconds
+        if self._kept_fresh(committed_beat):
+            return
+        beat = Upload.objects.filter(
+            pk=self.upload_id, run_token=self.token, finished_at__isnull=True
+        ).update(heartbeat_at=timezone.now())
         if not beat:
             raise RunSuperseded
-        return True
+
+    def _kept_fresh(self, committed_beat: datetime | None) -> bool:
+        """SQLite: the job's writer commits several chunks at once, and each chunk's progress
+        carries a heartbeat; while those commits keep it fresh (three beats), this one would
+        only cut the writer's span short (it waits for the write lock, and says so)."""
+        if connection.vendor != "sqlite" or committed_beat is None:
+            return False
+        return timezone.now() - committed_beat < timedelta(seconds=3 * self._heartbeat_seconds)
 
 
 def no_pulse() -> None:

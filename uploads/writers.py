@@ -27,7 +27,7 @@ from typing import Generic, TypeVar
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from usage_portal.sqlite_lock import wanted_stamp, write_lock_want
+from usage_portal.sqlite_lock import wanted_stamp
 
 Item = TypeVar("Item")
 
@@ -63,15 +63,17 @@ class Turnstile:
 class Span:
     """SQLite: a writer thread's chunks in one transaction, for fewer commits (each writes
     every page it dirtied; see ``usage_portal.sqlite_lock``). Committed ``seconds`` after it
-    began, when the writer ends, and when another writer raised the "write lock wanted" flag
-    (seen at the end of each chunk, and every ``POLL_SECONDS`` while the writer waits for
-    one): then this writer waits a moment, so that the other takes the lock first (SQLite's
-    lock is not fair). Each
-    chunk's own transaction is a savepoint in the span. Made in the writer thread (its
-    connection), with a page cache of ``cache_mb`` for that connection."""
+    began, when the writer ends, and when another connection waits for the write lock (its
+    wish, the flag's changed time, is seen at the end of each chunk, and every
+    ``POLL_SECONDS`` while the writer waits for one): then this writer steps aside until
+    the flag has been quiet for ``QUIET_SECONDS`` (waiters touch it again and again), at
+    most ``STEP_ASIDE_SECONDS``, since SQLite's lock is not fair. Each chunk's own
+    transaction is a savepoint in the span. Made in the writer thread (its connection), with
+    a page cache of ``cache_mb`` for that connection."""
 
     POLL_SECONDS = 0.1
-    STEP_ASIDE_SECONDS = 0.3
+    QUIET_SECONDS = 0.5
+    STEP_ASIDE_SECONDS = 3.0
 
     def __init__(self, *, seconds: float, cache_mb: int, flag: Path) -> None:
         self._seconds, self._flag = seconds, flag
@@ -85,9 +87,10 @@ class Span:
         return self._atomic is not None
 
     def open(self) -> None:
+        """Begin (its BEGIN, like any, announces itself while it waits: two imports take
+        turns)."""
         if self._atomic is not None:
             return
-        write_lock_want()  # another import's span steps aside too
         atomic = transaction.atomic()
         atomic.__enter__()
         self._atomic = atomic
@@ -106,10 +109,18 @@ class Span:
         atomic, self._atomic = self._atomic, None
         if atomic is None:
             return
-        wanted = self._wanted()
         atomic.__exit__(None, None, None)
-        if wanted:
-            time.sleep(self.STEP_ASIDE_SECONDS)
+        if self._wanted():  # also a wish made while the commit ran
+            self._step_aside()
+
+    def _step_aside(self) -> None:
+        end = time.monotonic() + self.STEP_ASIDE_SECONDS
+        stamp = wanted_stamp(self._flag)
+        while time.monotonic() < end:
+            time.sleep(self.QUIET_SECONDS)
+            if (now := wanted_stamp(self._flag)) == stamp:
+                return
+            stamp = now
 
     def rollback(self) -> None:
         atomic, self._atomic = self._atomic, None
@@ -258,9 +269,14 @@ class ChunkWriters(Generic[Item]):
         return self
 
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        if self._threads:  # left early (an error in the caller): stop without writing more
-            self._stopped.set()
-            self._interrupt_until_stopped()
+        if not self._threads:
+            return
+        if kind is None:  # left without close() (a writer stopped the pipeline): let the
+            self._join()  # threads end as they do, their last span committed
+            self._raise_error()
+            return
+        self._stopped.set()  # an error in the caller: stop without writing more
+        self._interrupt_until_stopped()
 
     def _interrupt_until_stopped(self) -> None:
         """End the threads, interrupting their running statements until they are done (a
