@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -116,7 +116,8 @@ def pending_progress_apply(upload: Upload) -> None:
     if upload.status not in Upload.RUNNING_STATUSES or (path := _pending_file(upload.pk)) is None:
         return
     try:
-        if time.time() - path.stat().st_mtime > PENDING_STALE_SECONDS:
+        written = path.stat().st_mtime
+        if time.time() - written > PENDING_STALE_SECONDS:
             return
         values = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -125,6 +126,7 @@ def pending_progress_apply(upload: Upload) -> None:
         return
     for name in _PENDING_FIELDS:
         setattr(upload, name, values[name])
+    upload.heartbeat_at = datetime.fromtimestamp(written, tz=UTC)  # the progress's time
 
 
 class Pulse:

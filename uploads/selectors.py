@@ -71,16 +71,23 @@ def upload_progress(*, upload: Upload, now: datetime | None = None) -> Progress:
         percent = min(100, int(upload.rows_read * 100 / upload.rows_total))
     elif upload.is_finished and upload.status != Upload.Status.FAILED:
         percent = 100
+    # The rows read are those of the last progress written (heartbeat_at, which each chunk's
+    # progress sets): the rate is as of then, so it does not sink while a chunk is being
+    # written, and the time left counts down from then.
+    as_of = end
+    if upload.is_active and upload.heartbeat_at and upload.import_started_at:
+        as_of = min(end, max(upload.heartbeat_at, upload.import_started_at))
     rate = None  # this import pass's (see Upload.import_started_at)
     if upload.import_started_at and upload.rows_read > upload.import_start_rows:
-        seconds = (end - upload.import_started_at).total_seconds()
+        seconds = (as_of - upload.import_started_at).total_seconds()
         if seconds > 0:
             rate = int((upload.rows_read - upload.import_start_rows) / seconds)
     elif upload.import_started_at is None and not upload.is_active and elapsed and upload.rows_read:
         rate = int(upload.rows_read / elapsed)  # finished before the pass was marked
     left = None
     if rate and upload.rows_total and upload.is_active:
-        left = int((upload.rows_total - upload.rows_read) / rate)
+        since = (end - as_of).total_seconds()
+        left = max(0, int((upload.rows_total - upload.rows_read) / rate - since))
     totals = upload.meter_total_values()
     meters = Meter.objects.in_bulk(list(totals))
     lines = [

@@ -200,3 +200,11 @@ def test_the_live_rate_and_time_left_are_the_import_passs_not_diluted_by_a_pause
     upload.rows_read = 60_000
     progress = upload_progress(upload=upload, now=resumed + timedelta(seconds=10))
     assert (progress.percent, progress.rows_per_second, progress.seconds_left) == (60, 2000, 20)
+
+    # While the next chunk is written, the rate stays that of the last progress and the time
+    # left counts down from it (it used to sink, and the estimate grew, until the next chunk).
+    upload.heartbeat_at = resumed + timedelta(seconds=10)
+    later = upload_progress(upload=upload, now=resumed + timedelta(seconds=15))
+    assert (later.rows_per_second, later.seconds_left) == (2000, 15)
+    late = upload_progress(upload=upload, now=resumed + timedelta(seconds=60))
+    assert (late.rows_per_second, late.seconds_left) == (2000, 0)
