@@ -27,7 +27,7 @@ demo: migrate
 	$(BIN)/python manage.py demo_data
 
 run: demo
-	@echo "Serving http://127.0.0.1:8000 with a Celery worker (Ctrl-C to stop)."
+	@echo "Serving http://127.0.0.1:$${USAGE_PORTAL_PORT:-8000} with a Celery worker (Ctrl-C to stop)."
 	$(BIN)/honcho start
 
 test: install

@@ -42,6 +42,18 @@ class MeterTotalLine:
     events: int
     value: Decimal
 
+    @property
+    def usage(self) -> Decimal | None:
+        """What the rows add to the meter's usage: the events of a count meter, the values'
+        sum of a sum meter; None for a last-value meter (its usage is its latest value, not
+        a sum)."""
+        formula = self.meter.aggregation_formula if self.meter else Meter.Formula.SUM
+        if formula == Meter.Formula.COUNT:
+            return Decimal(self.events)
+        if formula == Meter.Formula.LAST:
+            return None
+        return self.value
+
 
 @dataclass(frozen=True, slots=True)
 class Progress:

@@ -208,3 +208,31 @@ def test_the_live_rate_and_time_left_are_the_import_passs_not_diluted_by_a_pause
     assert (later.rows_per_second, later.seconds_left) == (2000, 15)
     late = upload_progress(upload=upload, now=resumed + timedelta(seconds=60))
     assert (late.rows_per_second, late.seconds_left) == (2000, 0)
+
+
+def test_imported_per_meter_shows_the_usage_each_formula_adds(
+    finance_client: Client, api_meter: Meter, count_meter: Meter, customers
+) -> None:
+    """A new user saw 999,998 for a count meter (the sum of a value column it ignores)."""
+    MeterFactory.create(
+        event_name="seats", display_name="Seats", aggregation_formula=Meter.Formula.LAST
+    )
+    d = day()
+    rows = [
+        f"{d}T0{n}:00:00Z,{name},cus_1,{value}\n"
+        for n, (name, value) in enumerate(
+            [("api_calls", 5), ("api_calls", 7), ("logins", 400), ("logins", 600), ("seats", 3)]
+        )
+    ]
+    upload = post_upload(finance_client, (HEADER + "".join(rows)).encode())
+    upload_process(upload_id=upload.pk)
+    page = finance_client.get(upload.get_absolute_url()).content.decode()
+    table = page[page.index('id="meter-totals"') :]
+    table = table[: table.index("</table>")]
+    cells = {
+        name: table[table.index(f'<code class="muted">{name}</code>') :].split("</tr>")[0]
+        for name in ("api_calls", "logins", "seats")
+    }
+    assert '<td class="num">12</td>' in cells["api_calls"]  # the values' sum
+    assert '<td class="num">2</td>' in cells["logins"] and "1,000" not in cells["logins"]
+    assert "latest value" in cells["seats"]
