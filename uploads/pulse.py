@@ -28,6 +28,7 @@ from django.db import connection
 from django.utils import timezone
 
 from uploads.models import Upload
+from usage_portal.sqlite_lock import beside_database
 
 CHECK_SECONDS = 0.5  # between two reads of the job's state
 
@@ -64,10 +65,7 @@ def cancel_flag(upload_id: int) -> Path | None:
     the import had ended. So the cancellation also raises this flag, next to the database
     file, and the job's pulse (reading it takes no lock) stops the writers, which frees the
     lock. On PostgreSQL (row locks) there is none."""
-    if connection.vendor != "sqlite":
-        return None
-    database = Path(str(connection.settings_dict["NAME"]))
-    return database.with_name(f"{database.name}.cancel-upload-{upload_id}")
+    return beside_database(f"cancel-upload-{upload_id}")
 
 
 def cancel_flag_raise(upload_id: int) -> None:

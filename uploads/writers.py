@@ -82,10 +82,6 @@ class Span:
         with connection.cursor() as cursor:
             cursor.execute(f"PRAGMA cache_size = -{int(cache_mb) * 1024}")
 
-    @property
-    def is_open(self) -> bool:
-        return self._atomic is not None
-
     def open(self) -> None:
         """Begin (its BEGIN, like any, announces itself while it waits: two imports take
         turns)."""

@@ -21,7 +21,6 @@ A background job that can wait (the daily-rollup refresh) first waits quietly fo
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,8 +37,9 @@ _TRY_MS = 200  # the busy timeout of each try while announcing
 _local = threading.local()
 
 
-def wanted_flag(wrapper: BaseDatabaseWrapper | None = None) -> Path | None:
-    """The flag file ("a writer wants the lock") beside the database; None on PostgreSQL."""
+def beside_database(name: str, wrapper: BaseDatabaseWrapper | None = None) -> Path | None:
+    """On SQLite, the file ``<database>.<name>`` beside the database file (a flag another
+    process reads without the write lock); None on PostgreSQL."""
     if wrapper is None:
         from django.db import connection
 
@@ -47,14 +47,12 @@ def wanted_flag(wrapper: BaseDatabaseWrapper | None = None) -> Path | None:
     if wrapper.vendor != "sqlite":
         return None
     database = Path(str(wrapper.settings_dict["NAME"]))
-    return database.with_name(f"{database.name}.write-lock-wanted")
+    return database.with_name(f"{database.name}.{name}")
 
 
-def _touch(flag: Path) -> None:
-    try:
-        os.utime(flag)
-    except FileNotFoundError:
-        flag.touch()
+def wanted_flag(wrapper: BaseDatabaseWrapper | None = None) -> Path | None:
+    """The flag file ("a writer wants the lock") beside the database; None on PostgreSQL."""
+    return beside_database("write-lock-wanted", wrapper)
 
 
 def wanted_stamp(flag: Path) -> int:
@@ -99,7 +97,7 @@ def _announced(
     flag = wanted_flag(wrapper)
     assert flag is not None
     if many:  # rows in autocommit commit one by one: no retry, one wish
-        _touch(flag)
+        flag.touch()  # its time is the wish
         return execute(sql, params, many, context)
     raw = wrapper.connection
     usual_ms = int(float(wrapper.settings_dict["OPTIONS"].get("timeout", 5)) * 1000)
@@ -114,7 +112,7 @@ def _announced(
                     raise
         _busy_timeout(raw, _TRY_MS)
         while True:  # nothing was done by a try that found the lock taken: try again
-            _touch(flag)
+            flag.touch()  # its time is the wish
             try:
                 return execute(sql, params, many, context)
             except OperationalError as error:

@@ -22,6 +22,20 @@ from uploads.models import Upload
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
+ROWS = 100_000
+
+
+def _long_span_import(celery_worker_factory, client: Client, rows: int) -> Upload:
+    """An upload of ``rows`` slow rows (5,000-row chunks) on SQLite, imported by a worker in
+    one span unless someone else wants the lock."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's spans of chunks; PostgreSQL commits each chunk")
+    celery_worker_factory(
+        env={"USAGE_UPLOAD_CHUNK_ROWS": "5000", "USAGE_UPLOAD_SQLITE_SPAN_SECONDS": "600"}
+    )
+    return post_upload(client, slow_file(rows))
+
+
 def _shown_imported(client: Client, upload: Upload) -> int:
     page = client.get(upload.get_absolute_url()).content.decode()
     figure = re.search(r'id="rows-imported">([\d,]+)<', page)
@@ -32,14 +46,8 @@ def _shown_imported(client: Client, upload: Upload) -> int:
 def test_a_manual_entry_during_an_import_is_recorded_at_once_and_the_page_shows_progress(
     celery_worker_factory, finance_client: Client, api_meter: Meter, customers
 ) -> None:
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's one write lock; PostgreSQL commits each chunk")
-    rows = 100_000
-    # One span for the whole import unless someone else wants the lock.
-    celery_worker_factory(
-        env={"USAGE_UPLOAD_CHUNK_ROWS": "5000", "USAGE_UPLOAD_SQLITE_SPAN_SECONDS": "600"}
-    )
-    upload = post_upload(finance_client, slow_file(rows))
+    upload = _long_span_import(celery_worker_factory, finance_client, ROWS)
+    rows = ROWS
 
     # Chunks are written and not committed: the page shows them all the same.
     deadline = time.monotonic() + 120
@@ -78,13 +86,8 @@ def test_a_manual_entry_during_an_import_is_recorded_at_once_and_the_page_shows_
 def test_a_cancel_during_a_long_span_then_import_the_rest_counts_the_file_once(
     celery_worker_factory, finance_client: Client, api_meter: Meter, customers
 ) -> None:
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's spans of chunks")
-    rows = 100_000
-    celery_worker_factory(
-        env={"USAGE_UPLOAD_CHUNK_ROWS": "5000", "USAGE_UPLOAD_SQLITE_SPAN_SECONDS": "600"}
-    )
-    upload = post_upload(finance_client, slow_file(rows))
+    upload = _long_span_import(celery_worker_factory, finance_client, ROWS)
+    rows = ROWS
     wait_for(upload, lambda u: _shown_imported(finance_client, u) > 0 or u.is_finished)
     assert upload.records_committed == 0
     finance_client.post(f"/uploads/{upload.pk}/cancel/")
