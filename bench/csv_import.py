@@ -22,6 +22,8 @@ process, in chunks of 200,000: the same set-based path, without a file), their d
 refreshed, and a first import of another ``--rows`` file into that database. ``--layout``
 chooses the files' identifiers: ``identifier`` (an identifier column, the default of
 ``--embedded``) or ``content`` (none: identifiers derived from each row's content).
+``--windowed`` gives the "last" meter a day event time window (each customer's last event
+of a day counts, as the demo's ``active_seats``), so a fifth of the rows re-decide windows.
 
 Each run starts a fresh worker (``celery -A usage_portal worker``, ``--concurrency`` 1, or 2
 as ``make run`` for the embedded default, so the daily-rollup refreshes run beside the
@@ -56,6 +58,7 @@ METERS = [  # event name, formula, value key
     ("bench_logins", "count", "value"),
     ("bench_compute_ms", "sum", "value"),
 ]
+WINDOWED = "bench_storage_gb"  # --windowed: the "last" meter counts each day's last event
 
 
 def main() -> None:
@@ -66,6 +69,9 @@ def main() -> None:
     parser.add_argument("--embedded", action="store_true", help="SQLite, filesystem broker")
     parser.add_argument("--layout", choices=["identifier", "content"], default=None)
     parser.add_argument("--concurrency", type=int, default=None, help="worker processes")
+    parser.add_argument(
+        "--windowed", action="store_true", help=f"{WINDOWED} with a day event time window"
+    )
     args = parser.parse_args()
     args.layout = args.layout or ("identifier" if args.embedded else "content")
     args.concurrency = args.concurrency or (2 if args.embedded else 1)
@@ -102,7 +108,7 @@ def _create_database(url: str, name: str) -> None:
             connection.execute(f'CREATE DATABASE "{name}"')
 
 
-def _setup() -> tuple[object, list[str]]:
+def _setup(*, windowed: bool = False) -> tuple[object, list[str]]:
     from django.contrib.auth.models import User
     from django.db import connection
 
@@ -122,6 +128,7 @@ def _setup() -> tuple[object, list[str]]:
                 "display_name": event_name.replace("_", " "),
                 "aggregation_formula": formula,
                 "value_settings_key": value_key,
+                "event_time_window": "day" if windowed and event_name == WINDOWED else "",
             },
         )
     refs = [f"cus_bench_{n:05d}" for n in range(CUSTOMERS)]
@@ -269,7 +276,7 @@ def _run(args: argparse.Namespace) -> None:
 
     from uploads.limits import chunk_rows
 
-    user, refs = _setup()
+    user, refs = _setup(windowed=args.windowed)
     folder = Path(settings.VAR_DIR) / "bench-files"
     if args.embedded:  # the files outlive the temporary var dir, for the next run
         folder = ROOT / "var" / "bench-files"
@@ -279,6 +286,8 @@ def _run(args: argparse.Namespace) -> None:
     _generate(path, args.rows, refs, layout=args.layout)
     print(f"file: {path} ({path.stat().st_size / 1e6:.0f} MB, {args.rows:,} rows)")
     print(f"database: {connection.vendor} {connection.settings_dict['NAME']}")
+    if args.windowed:
+        print(f"meter {WINDOWED}: a day event time window")
     results = [_import("first import", path, user, args.concurrency)]
     _print(results[-1:])
     results.append(_import("re-import", path, user, args.concurrency))
@@ -292,7 +301,7 @@ def _run(args: argparse.Namespace) -> None:
         label = f"into {args.big_rows // 1_000_000}M events"
         results.append(_import(label, other, user, args.concurrency))
     elif args.big_rows:
-        _setup()
+        _setup(windowed=args.windowed)
         big = folder / f"usage-{args.big_rows}-{args.layout}-{day}.csv"
         _generate(big, args.big_rows, refs, layout=args.layout)
         print(f"file: {big} ({big.stat().st_size / 1e6:.0f} MB, {args.big_rows:,} rows)")

@@ -258,8 +258,8 @@ def meter_events_ingest_columns(
     """``meter_events_ingest`` for events in columns: the same validation, deduplication,
     storage and rollups, with counts instead of one result per event. New events go
     straight into the events table, set-based (COPY on PostgreSQL, ``executemany`` on
-    SQLite), their rollups upserted once per chunk; dry runs and meters with an event time
-    window (whose windows are re-decided event by event) take the per-event path.
+    SQLite), their rollups upserted once per chunk, the windows of meters with an event time
+    window re-decided once per chunk; dry runs take the per-event path.
 
     ``ids_in_turn`` is entered around drawing the new events' ids: a caller committing
     several chunks of one file at once uses it to keep ids in file order (the tie-break of
@@ -267,7 +267,7 @@ def meter_events_ingest_columns(
     with gc_paused():
         now = (now or timezone.now()).astimezone(UTC)
         meters = meters_named(set(columns.event_names))
-        if batch.dry_run or any(meter.event_time_window for meter in meters.values()):
+        if batch.dry_run:
             events = [columns.event_input(index) for index in range(len(columns))]
             report = _events_ingest(events, batch, now)
             return IngestCounts(
@@ -326,7 +326,8 @@ def _columns_ingest(
             intake.accepted = Accepted()
         accepted = intake.accepted
         store = postgres if connection.vendor == "postgresql" else sqlite
-        stored = store.columns_write(accepted, batch, now, columns.lines, ids_in_turn)
+        windows = {m.pk: m.event_time_window for m in meters.values() if m.event_time_window}
+        stored = store.columns_write(accepted, batch, now, columns.lines, ids_in_turn, windows)
         conflicts = counts.rejected
         intake.settle_stored(stored)
         meter_ids, customer_ids, timestamps, values = _new_events(accepted, stored)

@@ -175,9 +175,12 @@ def columns_write(
     now: datetime,
     source_lines: list[int],
     ids_in_turn: Callable[[], AbstractContextManager[object]],
+    windows: dict[int, str],
 ) -> dict[int, StoredRow]:
-    """Store the new events of ``accepted`` (raw meters only) and their rollups; return
-    {position: stored row} for the identifiers already taken."""
+    """Store the new events of ``accepted`` and their rollups; return {position: stored row}
+    for the identifiers already taken. ``windows`` maps each windowed meter's id to its
+    event time window (``hour`` or ``day``): those meters' windows are locked and re-decided
+    as on the staged path."""
     count = len(accepted.positions)
     if not count:
         return {}
@@ -214,13 +217,57 @@ def columns_write(
             transaction.savepoint_rollback(savepoint)
             return existing | _columns_write_staged(accepted, new, batch, now, source_lines)
         transaction.savepoint_commit(savepoint)
+        _windows_lock(cursor, accepted, new, windows)
         pg_rollups_merge(
             cursor,
             "SELECT meter_id, customer_id, date_trunc('hour', timestamp, 'UTC'), value, "
-            "timestamp, id FROM meters_meterevent WHERE id BETWEEN %s AND %s AND batch_id = %s",
-            [ids[0], ids[-1], batch.pk],
+            "timestamp, id FROM meters_meterevent WHERE id BETWEEN %s AND %s AND batch_id = %s "
+            "AND meter_id <> ALL(%s)",
+            [ids[0], ids[-1], batch.pk, list(windows)],
         )
+        if windows:
+            pg_windows_recompute(cursor)
     return existing
+
+
+def _windows_lock(
+    cursor: Any, accepted: Accepted, positions: list[int], windows: dict[int, str]
+) -> None:
+    """Lock the windows of windowed meters that the new events at ``positions`` fall in (one
+    rollup row per window start, as the staged path does) and list them in the temporary
+    table ``meter_rollup_ranges`` for ``pg_windows_recompute``."""
+    if not windows:
+        return
+    found: set[tuple[int, int, int, int]] = set()
+    for position in positions:
+        window = windows.get(accepted.meter_ids[position])
+        if window is not None:
+            span = 86_400 if window == "day" else 3_600
+            timestamp = accepted.timestamps[position]
+            found.add(
+                (
+                    accepted.meter_ids[position],
+                    accepted.customer_ids[position],
+                    timestamp - timestamp % span,
+                    span,
+                )
+            )
+    keys = sorted(found)
+    params = [
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [k[3] for k in keys],
+    ]
+    ranges = (
+        "SELECT meter_id, customer_id, to_timestamp(start) AS rstart, "
+        "to_timestamp(start + span) AS rend "
+        "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+        "AS k (meter_id, customer_id, start, span)"
+    )
+    pg_lock(cursor, f"SELECT meter_id, customer_id, rstart FROM ({ranges}) w", params)
+    cursor.execute("DROP TABLE IF EXISTS meter_rollup_ranges")
+    cursor.execute(f"CREATE TEMP TABLE meter_rollup_ranges ON COMMIT DROP AS {ranges}", params)
 
 
 def _copy_rows(

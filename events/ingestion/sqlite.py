@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -75,7 +75,7 @@ def plain_write(
 # --- The set-based writer: events in columns -----------------------------------------------------
 _INSERT_EVENTS = (
     "INSERT INTO meters_meterevent (id, identifier, meter_id, customer_id, timestamp, value, "
-    "payload, batch_id, line, received_at, superseded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+    "payload, batch_id, line, received_at, superseded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _LATER = (
     "last_timestamp IS NULL OR (excluded.last_timestamp, excluded.last_event_id) > "
@@ -104,9 +104,11 @@ def columns_write(
     now: datetime,
     source_lines: list[int],
     ids_in_turn: Callable[[], AbstractContextManager[object]],
+    windows: dict[int, str],
 ) -> dict[int, StoredRow]:
-    """Store the new events of ``accepted`` (raw meters only) and their rollups; return
-    {position: stored row} for the identifiers already taken."""
+    """Store the new events of ``accepted`` and their rollups; return {position: stored row}
+    for the identifiers already taken. ``windows`` maps each windowed meter's id to its
+    event time window (``hour`` or ``day``)."""
     count = len(accepted.positions)
     if not count:
         return {}
@@ -120,6 +122,7 @@ def columns_write(
             cursor.execute("SELECT coalesce(max(id), 0) FROM meters_meterevent")
             first_id = int(cursor.fetchone()[0]) + 1  # ascending, in input order
             ids = range(first_id, first_id + len(new))
+            superseded = _windows_decide(accepted, new, ids, texts, windows)
             received = connection.ops.adapt_datetimefield_value(now)
             rows = [
                 (
@@ -133,14 +136,89 @@ def columns_write(
                     batch.pk,
                     source_lines[accepted.positions[p]],
                     received,
+                    int(event_id in superseded),
                 )
                 for event_id, p, text in zip(ids, new, texts, strict=True)
             ]
             # In identifier order: the unique index is filled in order.
             rows.sort(key=lambda row: row[1])
             connection.connection.executemany(_INSERT_EVENTS, rows)
-        _rollups_upsert(cursor, accepted, new, ids, texts)
+        if superseded:  # only the counted ones go into the rollups
+            counted = [i for i, event_id in enumerate(ids) if event_id not in superseded]
+            _rollups_upsert(
+                cursor,
+                accepted,
+                [new[i] for i in counted],
+                [ids[i] for i in counted],
+                [texts[i] for i in counted],
+            )
+        else:
+            _rollups_upsert(cursor, accepted, new, ids, texts)
     return existing
+
+
+def _windows_decide(
+    accepted: Accepted,
+    new: list[int],
+    ids: Sequence[int],
+    texts: list[str],
+    windows: dict[int, str],
+) -> set[int]:
+    """Decide the windows of windowed meters that the new events fall in, set-based: the
+    most recently received event of each window (the new event with the greatest id: ids
+    are drawn above every stored one) counts, and the window's previous winner is marked
+    superseded and taken out of its hour. Each window holds one counted event, so that
+    hour's rollup held that event alone and is emptied; the new winners are then added to
+    their hours like any new event. Return the ids of the new events that are superseded."""
+    if not windows:
+        return set()
+    winners: dict[tuple[int, int, str], int] = {}
+    losers: set[int] = set()
+    for position, event_id, text in zip(new, ids, texts, strict=True):
+        window = windows.get(accepted.meter_ids[position])
+        if window is None:
+            continue
+        key = (accepted.meter_ids[position], accepted.customer_ids[position], text[:10])
+        if window == "hour":
+            key = (*key[:2], text[:13])
+        earlier = winners.get(key)
+        if earlier is not None:
+            losers.add(earlier)
+        winners[key] = event_id  # ids ascend in input order: the last one received
+    ranges = [
+        (meter_id, customer_id, *_window_bounds(start)) for meter_id, customer_id, start in winners
+    ]
+    raw = connection.connection.cursor()
+    raw.execute(
+        "SELECT r.id, r.last_event_id FROM json_each(?) w JOIN meters_usagerollup r "
+        "ON r.meter_id = json_extract(w.value, '$[0]') "
+        "AND r.customer_id = json_extract(w.value, '$[1]') "
+        "AND r.hour >= json_extract(w.value, '$[2]') AND r.hour < json_extract(w.value, '$[3]') "
+        "WHERE r.event_count > 0",
+        [json.dumps(ranges)],
+    )
+    previous = raw.fetchall()
+    if previous:
+        raw.execute(
+            "UPDATE meters_meterevent SET superseded = 1 "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps([event_id for _, event_id in previous])],
+        )
+        raw.execute(
+            "UPDATE meters_usagerollup SET value_sum = '0', event_count = 0, last_value = NULL, "
+            "last_timestamp = NULL, last_event_id = NULL "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps([rollup_id for rollup_id, _ in previous])],
+        )
+    return losers
+
+
+def _window_bounds(start: str) -> tuple[str, str]:
+    """A window's first and next hour as stored text, from its start's ``YYYY-MM-DD`` (a day)
+    or ``YYYY-MM-DD HH`` (an hour)."""
+    first = datetime.fromisoformat(start + ":00:00" if len(start) > 10 else start)
+    after = first + (timedelta(hours=1) if len(start) > 10 else timedelta(days=1))
+    return str(first), str(after)
 
 
 def _timestamp_texts(timestamps: list[int]) -> list[str]:

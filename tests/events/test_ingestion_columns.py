@@ -58,13 +58,13 @@ ROWS = [
 ]
 
 
-def columns_of(rows: list[tuple]) -> EventColumns:
+def columns_of(rows: list[tuple], first_line: int = 2) -> EventColumns:
     return EventColumns(
         event_names=[row[0] for row in rows],
         timestamps=[row[1] for row in rows],
         identifiers=[row[2] for row in rows],
         payload={key: [row[3 + n] for row in rows] for n, key in enumerate(KEYS)},
-        lines=list(range(2, len(rows) + 2)),
+        lines=list(range(first_line, len(rows) + first_line)),
         raws=[{"event_name": row[0]} for row in rows],
     )
 
@@ -358,3 +358,71 @@ def test_unstripped_names_and_references_are_found_on_both_paths(db) -> None:
     assert (counts.accepted, counts.duplicates, counts.rejected) == (1, 0, 0)
     assert (report.accepted, report.duplicates, report.rejected) == (1, 0, 0)
     assert by_columns == one_by_one
+
+
+def superseded_of_all() -> dict[str, bool]:
+    return dict(MeterEvent.objects.values_list("identifier", "superseded"))
+
+
+WINDOW_ROWS = [  # meters with an event time window: the last received event of a window counts
+    ("seats", T, "w-1", "cus_1", "5", ""),  # the day of the stored s-early: supersedes it
+    ("seats", T + 3600, "w-2", "cus_1", "7", ""),  # same day, later hour: w-1 superseded
+    ("seats", T - 60, "w-3", "cus_2", "3", ""),  # received last, earlier in time: counts
+    ("seats", T, "w-1", "cus_1", "5", ""),  # a duplicate
+    ("seats", T, "w-4", "cus_404", "5", ""),  # unknown customer
+    ("hourly", T, "h-1", "cus_1", "2", ""),
+    ("hourly", T + 10, "h-2", "cus_1", "4", ""),  # same hour: h-1 superseded
+    ("hourly", T + 3600, "h-3", "cus_1", "6", ""),  # the next hour: its own window
+    ("hourly", T + 7200, "h-4", "cus_2", "1", ""),  # the hour of the stored h-early
+    ("api_calls", T, "a-1", "cus_1", "5", ""),  # a raw meter beside them
+    ("api_calls", T + 1, "a-2", "cus_1", "6", ""),
+]
+
+
+def test_windowed_meters_end_as_they_would_one_by_one(db) -> None:
+    """Meters with an event time window take the columns path too: each chunk re-decides the
+    windows it touches, including those whose winner was stored before."""
+    MeterFactory.create(event_name="api_calls")
+    MeterFactory.create(event_name="seats", aggregation_formula="last", event_time_window="day")
+    MeterFactory.create(event_name="hourly", event_time_window="hour")
+    for ref in ("cus_1", "cus_2"):
+        CustomerFactory.create(external_id=ref)
+    earlier = event_batch_create(source=EventBatch.Source.API)
+    meter_events_ingest(
+        events=[
+            EventInput(name, {"stripe_customer_id": ref, "value": "9"}, ident,
+                       datetime.fromtimestamp(at, tz=UTC))
+            for name, ref, ident, at in (
+                ("seats", "cus_1", "s-early", T - 7200),
+                ("seats", "cus_2", "s-other-day", T - 86400),
+                ("hourly", "cus_2", "h-early", T + 7200 + 5),
+            )
+        ],
+        batch=earlier,
+        now=NOW,
+    )  # fmt: skip
+    with transaction.atomic():
+        savepoint = transaction.savepoint()
+        batch = event_batch_create(source=EventBatch.Source.CSV)
+        first, second = columns_of(WINDOW_ROWS[:7]), columns_of(WINDOW_ROWS[7:], 9)
+        counts = [
+            meter_events_ingest_columns(columns=chunk, batch=batch, now=NOW)
+            for chunk in (first, second)
+        ]
+        by_columns, superseded_by_columns = snapshot(batch), superseded_of_all()
+        transaction.savepoint_rollback(savepoint)
+    batch = event_batch_create(source=EventBatch.Source.CSV)
+    columns = columns_of(WINDOW_ROWS)
+    report = meter_events_ingest(
+        events=[columns.event_input(index) for index in range(len(WINDOW_ROWS))],
+        batch=batch,
+        now=NOW,
+    )
+
+    assert [(c.accepted, c.duplicates, c.rejected) for c in counts] == [(5, 1, 1), (4, 0, 0)]
+    assert (report.accepted, report.duplicates, report.rejected) == (9, 1, 1)
+    assert by_columns == snapshot(batch)
+    assert superseded_by_columns == superseded_of_all()
+    assert {ident for ident, superseded in superseded_of_all().items() if not superseded} == {
+        "s-other-day", "w-2", "w-3", "h-2", "h-3", "h-4", "a-1", "a-2",
+    }  # fmt: skip

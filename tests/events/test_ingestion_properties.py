@@ -46,6 +46,8 @@ OLDEST = NOW_SECONDS - django_settings.USAGE_TIMESTAMP_MAX_AGE_DAYS * 86400
 NEWEST = NOW_SECONDS + django_settings.USAGE_TIMESTAMP_MAX_FUTURE_SECONDS
 THIS_HOUR = NOW_SECONDS - NOW_SECONDS % 3600
 FORMULAS = [Meter.Formula.SUM, Meter.Formula.COUNT, Meter.Formula.LAST]
+WINDOWS = ["", "", "hour", "day"]  # no event time window, or one
+WINDOW_SECONDS = {"hour": 3600, "day": 86400}
 REFS = ["cus_a", "cus_b", "cus_c"]
 KEYS = ("stripe_customer_id", "value", "note")
 INVALID = "invalid"  # a value the core refuses (not a number, or too many digits)
@@ -122,9 +124,13 @@ def rows(draw: st.DrawFn, *, meters: int, customers: int, clean: bool) -> Row:
 @st.composite
 def scenarios(
     draw: st.DrawFn,
-) -> tuple[list[Meter.Formula], int, list[tuple[list[Row], bool]]]:
-    """Meter formulas, the number of customers, and chunks: (rows, content-addressed)."""
+) -> tuple[list[Meter.Formula], list[str], int, list[tuple[list[Row], bool]]]:
+    """Meter formulas and event time windows, the number of customers, and chunks: (rows,
+    content-addressed)."""
     formulas = draw(st.lists(st.sampled_from(FORMULAS), min_size=1, max_size=3))
+    windows = draw(
+        st.lists(st.sampled_from(WINDOWS), min_size=len(formulas), max_size=len(formulas))
+    )
     customers = draw(st.integers(min_value=1, max_value=3))
     chunks: list[tuple[list[Row], bool]] = []
     sent: list[Row] = []
@@ -151,7 +157,7 @@ def scenarios(
         if chunk:
             chunks.append((chunk, clean))
             sent.extend(row for row in chunk if row.identifier)
-    return formulas, customers, chunks
+    return formulas, windows, customers, chunks
 
 
 def columns_of(chunk: list[Row], *, content_addressed: bool) -> EventColumns:
@@ -267,19 +273,24 @@ def moment(seconds: int) -> datetime:
 )
 @given(scenario=scenarios())
 def test_columnar_chunks_end_as_brute_force_says(db, scenario) -> None:
-    formulas, customers, chunks = scenario
+    formulas, windows, customers, chunks = scenario
     # Each example starts clean: everything it writes is rolled back at its end.
     with time_machine.travel(NOW, tick=False), transaction.atomic():
-        check_scenario(formulas, customers, chunks)
+        check_scenario(formulas, windows, customers, chunks)
         transaction.set_rollback(True)
 
 
 def check_scenario(
-    formulas: Sequence[str], customers: int, chunks: list[tuple[list[Row], bool]]
+    formulas: Sequence[str],
+    windows: Sequence[str],
+    customers: int,
+    chunks: list[tuple[list[Row], bool]],
 ) -> None:
     meters = [
-        MeterFactory.create(event_name=f"meter_{index}", aggregation_formula=formula)
-        for index, formula in enumerate(formulas)
+        MeterFactory.create(
+            event_name=f"meter_{index}", aggregation_formula=formula, event_time_window=window
+        )
+        for index, (formula, window) in enumerate(zip(formulas, windows, strict=True))
     ]
     customer_of = {ref: CustomerFactory.create(external_id=ref) for ref in REFS[:customers]}
     batch = event_batch_create(source=EventBatch.Source.CSV)
@@ -317,12 +328,27 @@ def check_scenario(
         (e.identifier, e.meter, e.customer_ref, e.timestamp, e.value, e.payload, batch.pk)
         for e in expected
     ]
-    assert all(not event.superseded and event.cancelled_at is None for event in stored)
-    # (timestamp, id, value) of every accepted event, by (meter, customer).
+    # Meters with an event time window count the most recently received event of each
+    # (customer, window) only: the greatest id. The others are superseded.
+    winners: dict[tuple[int, str, int], int] = {}
+    for event, want_event in zip(stored, expected, strict=True):
+        span = WINDOW_SECONDS.get(windows[want_event.meter])
+        if span is not None:
+            starts = want_event.timestamp - want_event.timestamp % span
+            winners[(want_event.meter, want_event.customer_ref, starts)] = event.pk
+    counted_windowed = set(winners.values())
+    assert all(event.cancelled_at is None for event in stored)
+    assert [event.pk for event in stored if event.superseded] == [
+        event.pk
+        for event, want_event in zip(stored, expected, strict=True)
+        if windows[want_event.meter] and event.pk not in counted_windowed
+    ]
+    # (timestamp, id, value) of every counted event, by (meter, customer).
     by_pair: dict[tuple[int, str], list[tuple[int, int, Decimal]]] = {}
     for event, want_event in zip(stored, expected, strict=True):
-        key = (want_event.meter, want_event.customer_ref)
-        by_pair.setdefault(key, []).append((want_event.timestamp, event.pk, want_event.value))
+        if not windows[want_event.meter] or event.pk in counted_windowed:
+            key = (want_event.meter, want_event.customer_ref)
+            by_pair.setdefault(key, []).append((want_event.timestamp, event.pk, want_event.value))
 
     # Hourly rollups: sum, count and the last event per (meter, customer, hour).
     want_rollups = {}
