@@ -57,6 +57,70 @@ def _last_key(event: tuple[int, datetime, Decimal]) -> tuple[datetime, int]:
     return event[1], event[0]
 
 
+# --- Windows decided from new events (the set-based writers) ----------------------------------
+_WINDOW_SECONDS: dict[str, int] = {Meter.TimeWindow.HOUR: 3600, Meter.TimeWindow.DAY: 86400}
+
+
+class WindowsDecision:
+    """The windows of windowed meters that a chunk's new events fall in, decided without
+    reading the windows' events. Each window holds one counted event (the invariant every
+    writer keeps), so the hour's rollup that has events is that event alone, and its
+    ``last_event_id`` names it. Of the new events of a window only the most recently
+    received (the greatest id) can count: the others are ``losers`` whatever was stored
+    before. It counts unless the window's stored winner was received later (on PostgreSQL a
+    concurrent batch can draw later ids and commit first); whichever loses is superseded, and
+    a stored winner that loses is taken out of its hour by emptying that hour's rollup.
+
+    ``windows`` maps each windowed meter's id to its window; the other lists are the new
+    events' columns, ids ascending in receipt order."""
+
+    def __init__(
+        self,
+        windows: dict[int, str],
+        meter_ids: Sequence[int],
+        customer_ids: Sequence[int],
+        timestamps: Sequence[int],
+        ids: Sequence[int],
+    ) -> None:
+        winner_of: dict[tuple[int, int, int], int] = {}
+        self.losers: set[int] = set()
+        for meter_id, customer_id, timestamp, event_id in zip(
+            meter_ids, customer_ids, timestamps, ids, strict=True
+        ):
+            window = windows.get(meter_id)
+            if window is None:
+                continue
+            key = (meter_id, customer_id, timestamp - timestamp % _WINDOW_SECONDS[window])
+            earlier = winner_of.get(key)
+            if earlier is not None:
+                self.losers.add(min(earlier, event_id))
+            winner_of[key] = max(earlier or 0, event_id)
+        self.keys = sorted(winner_of)
+        self.winners = [winner_of[key] for key in self.keys]
+        self.lengths = [_WINDOW_SECONDS[windows[meter_id]] for meter_id, _, _ in self.keys]
+
+    def ranges(self) -> list[tuple[int, int, int, int]]:
+        """(meter id, customer id, start, end) of each window, in key order (Unix seconds)."""
+        return [
+            (meter_id, customer_id, start, start + length)
+            for (meter_id, customer_id, start), length in zip(self.keys, self.lengths, strict=True)
+        ]
+
+    def settle(self, previous: Sequence[tuple[int, int, int]]) -> tuple[list[int], list[int]]:
+        """Given (window index, rollup id, last event id) of each rollup row with events in
+        the windows, the ids of stored events now superseded and the rollup rows to empty.
+        New winners beaten by a later stored one join ``losers``."""
+        superseded: list[int] = []
+        emptied: list[int] = []
+        for index, rollup_id, stored_winner in previous:
+            if stored_winner < self.winners[index]:
+                superseded.append(stored_winner)
+                emptied.append(rollup_id)
+            else:
+                self.losers.add(self.winners[index])
+        return superseded, emptied
+
+
 # --- PostgreSQL -------------------------------------------------------------------------------
 _ROLLUP_COLUMNS = "value_sum, event_count, last_value, last_timestamp, last_event_id"
 _ADDED = (
@@ -102,11 +166,13 @@ def pg_lock(cursor: Any, keys_sql: str, params: Sequence[Any] = ()) -> None:
         "ON CONFLICT (meter_id, customer_id, hour) DO NOTHING",
         params,
     )
+    # One index probe and lock per key, in key order (the sorted keys drive a nested loop).
+    # As a plain join the planner, which knows an array's length, can hash the whole table.
     cursor.execute(
-        "SELECT r.id FROM meters_usagerollup r "
-        f"JOIN ({keys_sql}) k (meter_id, customer_id, hour) "
-        "ON r.meter_id = k.meter_id AND r.customer_id = k.customer_id AND r.hour = k.hour "
-        "ORDER BY r.meter_id, r.customer_id, r.hour FOR UPDATE OF r",
+        f"SELECT r.id FROM (SELECT * FROM ({keys_sql}) k ORDER BY 1, 2, 3) "
+        "k (meter_id, customer_id, hour) CROSS JOIN LATERAL (SELECT id FROM meters_usagerollup r "
+        "WHERE r.meter_id = k.meter_id AND r.customer_id = k.customer_id AND r.hour = k.hour "
+        "FOR UPDATE) r",
         params,
     )
 

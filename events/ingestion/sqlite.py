@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -30,7 +30,7 @@ from django.db import connection
 from events.ingestion.columns import Accepted
 from events.ingestion.dedup import StoredRow
 from events.ingestion.lookups import stored_by_identifier
-from events.ingestion.rollups import plain_recompute, window_of
+from events.ingestion.rollups import WindowsDecision, plain_recompute, window_of
 from events.ingestion.rules import Candidate
 from events.models import EventBatch, MeterEvent
 from usage_portal import arrow
@@ -122,7 +122,7 @@ def columns_write(
             cursor.execute("SELECT coalesce(max(id), 0) FROM meters_meterevent")
             first_id = int(cursor.fetchone()[0]) + 1  # ascending, in input order
             ids = range(first_id, first_id + len(new))
-            superseded = _windows_decide(accepted, new, ids, texts, windows)
+            superseded = _windows_decide(accepted, new, ids, windows)
             received = connection.ops.adapt_datetimefield_value(now)
             rows = [
                 (
@@ -158,67 +158,56 @@ def columns_write(
 
 
 def _windows_decide(
-    accepted: Accepted,
-    new: list[int],
-    ids: Sequence[int],
-    texts: list[str],
-    windows: dict[int, str],
+    accepted: Accepted, new: list[int], ids: Sequence[int], windows: dict[int, str]
 ) -> set[int]:
-    """Decide the windows of windowed meters that the new events fall in, set-based: the
-    most recently received event of each window (the new event with the greatest id: ids
-    are drawn above every stored one) counts, and the window's previous winner is marked
-    superseded and taken out of its hour. Each window holds one counted event, so that
-    hour's rollup held that event alone and is emptied; the new winners are then added to
-    their hours like any new event. Return the ids of the new events that are superseded."""
+    """Decide the windows of windowed meters that the new events (at positions ``new``, with
+    ``ids``) fall in (``rollups.WindowsDecision``): supersede the stored winners they beat,
+    empty those winners' hours, and return the ids of the new events that do not count. Ids
+    are drawn above every stored one, so each window's last new event counts."""
     if not windows:
         return set()
-    winners: dict[tuple[int, int, str], int] = {}
-    losers: set[int] = set()
-    for position, event_id, text in zip(new, ids, texts, strict=True):
-        window = windows.get(accepted.meter_ids[position])
-        if window is None:
-            continue
-        key = (accepted.meter_ids[position], accepted.customer_ids[position], text[:10])
-        if window == "hour":
-            key = (*key[:2], text[:13])
-        earlier = winners.get(key)
-        if earlier is not None:
-            losers.add(earlier)
-        winners[key] = event_id  # ids ascend in input order: the last one received
+    decision = WindowsDecision(
+        windows,
+        [accepted.meter_ids[p] for p in new],
+        [accepted.customer_ids[p] for p in new],
+        [accepted.timestamps[p] for p in new],
+        ids,
+    )
+    if not decision.keys:
+        return set()
     ranges = [
-        (meter_id, customer_id, *_window_bounds(start)) for meter_id, customer_id, start in winners
+        (meter_id, customer_id, _hour_text(start), _hour_text(end))
+        for meter_id, customer_id, start, end in decision.ranges()
     ]
     raw = connection.connection.cursor()
     raw.execute(
-        "SELECT r.id, r.last_event_id FROM json_each(?) w JOIN meters_usagerollup r "
+        "SELECT w.key, r.id, r.last_event_id FROM json_each(?) w JOIN meters_usagerollup r "
         "ON r.meter_id = json_extract(w.value, '$[0]') "
         "AND r.customer_id = json_extract(w.value, '$[1]') "
         "AND r.hour >= json_extract(w.value, '$[2]') AND r.hour < json_extract(w.value, '$[3]') "
         "WHERE r.event_count > 0",
         [json.dumps(ranges)],
     )
-    previous = raw.fetchall()
-    if previous:
+    superseded, emptied = decision.settle(raw.fetchall())
+    if superseded:
         raw.execute(
             "UPDATE meters_meterevent SET superseded = 1 "
             "WHERE id IN (SELECT value FROM json_each(?))",
-            [json.dumps([event_id for _, event_id in previous])],
+            [json.dumps(superseded)],
         )
+    if emptied:
         raw.execute(
             "UPDATE meters_usagerollup SET value_sum = '0', event_count = 0, last_value = NULL, "
             "last_timestamp = NULL, last_event_id = NULL "
             "WHERE id IN (SELECT value FROM json_each(?))",
-            [json.dumps([rollup_id for rollup_id, _ in previous])],
+            [json.dumps(emptied)],
         )
-    return losers
+    return decision.losers
 
 
-def _window_bounds(start: str) -> tuple[str, str]:
-    """A window's first and next hour as stored text, from its start's ``YYYY-MM-DD`` (a day)
-    or ``YYYY-MM-DD HH`` (an hour)."""
-    first = datetime.fromisoformat(start + ":00:00" if len(start) > 10 else start)
-    after = first + (timedelta(hours=1) if len(start) > 10 else timedelta(days=1))
-    return str(first), str(after)
+def _hour_text(seconds: int) -> str:
+    """Unix seconds as the rollups' stored hour text (UTC)."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _timestamp_texts(timestamps: list[int]) -> list[str]:
