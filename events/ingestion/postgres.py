@@ -206,13 +206,7 @@ def columns_write(
         ids_at = [0] * count
         for position, event_id in zip(new, ids, strict=True):
             ids_at[position] = event_id
-        decision = WindowsDecision(
-            windows,
-            [accepted.meter_ids[p] for p in new],
-            [accepted.customer_ids[p] for p in new],
-            [accepted.timestamps[p] for p in new],
-            ids,
-        )
+        decision = WindowsDecision(windows, accepted, new, ids)
         superseded = set(decision.losers)  # whatever was stored before: not the last of the new
         # In identifier order: the unique index is filled in order, and two batches sharing
         # identifiers wait for each other instead of deadlocking.

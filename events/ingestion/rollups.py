@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from events.ingestion.columns import Accepted
 from events.ingestion.lookups import IN_CHUNK, chunks
 from events.models import MeterEvent, UsageRollup
 from meters.models import Meter
@@ -71,26 +72,25 @@ class WindowsDecision:
     concurrent batch can draw later ids and commit first); whichever loses is superseded, and
     a stored winner that loses is taken out of its hour by emptying that hour's rollup.
 
-    ``windows`` maps each windowed meter's id to its window; the other lists are the new
-    events' columns, ids ascending in receipt order."""
+    ``windows`` maps each windowed meter's id to its window; the new events are those of
+    ``accepted`` at ``positions``, with ``ids`` (ascending in receipt order)."""
 
     def __init__(
-        self,
-        windows: dict[int, str],
-        meter_ids: Sequence[int],
-        customer_ids: Sequence[int],
-        timestamps: Sequence[int],
-        ids: Sequence[int],
+        self, windows: dict[int, str], accepted: Accepted, positions: list[int], ids: Sequence[int]
     ) -> None:
         winner_of: dict[tuple[int, int, int], int] = {}
         self.losers: set[int] = set()
-        for meter_id, customer_id, timestamp, event_id in zip(
-            meter_ids, customer_ids, timestamps, ids, strict=True
-        ):
+        for position, event_id in zip(positions, ids, strict=True):
+            meter_id = accepted.meter_ids[position]
             window = windows.get(meter_id)
             if window is None:
                 continue
-            key = (meter_id, customer_id, timestamp - timestamp % _WINDOW_SECONDS[window])
+            timestamp = accepted.timestamps[position]
+            key = (
+                meter_id,
+                accepted.customer_ids[position],
+                timestamp - timestamp % _WINDOW_SECONDS[window],
+            )
             earlier = winner_of.get(key)
             if earlier is not None:
                 self.losers.add(min(earlier, event_id))

@@ -166,13 +166,7 @@ def _windows_decide(
     are drawn above every stored one, so each window's last new event counts."""
     if not windows:
         return set()
-    decision = WindowsDecision(
-        windows,
-        [accepted.meter_ids[p] for p in new],
-        [accepted.customer_ids[p] for p in new],
-        [accepted.timestamps[p] for p in new],
-        ids,
-    )
+    decision = WindowsDecision(windows, accepted, new, ids)
     if not decision.keys:
         return set()
     ranges = [
