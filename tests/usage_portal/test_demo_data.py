@@ -84,3 +84,10 @@ def test_demo_meters_cover_every_formula_and_a_custom_value_key() -> None:
         "last",
     }
     assert Meter.objects.filter(value_settings_key="tokens").exists()
+
+
+def test_demo_data_names_the_port_make_run_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USAGE_PORTAL_PORT", "8123")
+    assert "Log in at http://127.0.0.1:8123/login/ with:" in _run()
+    monkeypatch.delenv("USAGE_PORTAL_PORT")
+    assert "Log in at http://127.0.0.1:8000/login/ with:" in _run()

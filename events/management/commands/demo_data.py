@@ -10,6 +10,7 @@ duplicates and counts nothing twice.
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import timedelta
 from decimal import Decimal
@@ -109,7 +110,8 @@ class Command(BaseCommand):
             f"created ({Meter.objects.count()} meters, {Customer.objects.count()} customers "
             "in total)."
         )
-        self.stdout.write("Log in at http://127.0.0.1:8000/login/ with:")
+        port = os.environ.get("USAGE_PORTAL_PORT", "8000")  # make run serves there (Procfile)
+        self.stdout.write(f"Log in at http://127.0.0.1:{port}/login/ with:")
         for username, password, role, _ in DEMO_USERS:
             self.stdout.write(f"  {username:<8} {password:<18} {role or 'superuser (/admin/)'}")
 
