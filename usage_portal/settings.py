@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "alerts",
     "uploads",
     "billing",
+    "api",
 ]
 
 MIDDLEWARE = [

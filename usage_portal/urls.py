@@ -18,6 +18,7 @@ urlpatterns = [
     path("", include("alerts.urls")),
     path("uploads/", include("uploads.urls")),
     path("billing/", include("billing.urls")),
+    path("", include("api.urls")),
 ]
 
 handler403 = "usage_portal.views.permission_denied"

@@ -1,0 +1,67 @@
+"""API keys and the replies kept for ``Idempotency-Key``.
+
+A key acts as a user of its own (``ApiKey.user``: no password, one role group), so every
+write made with it goes through the same services as staff's and is recorded with the key's
+name (``api:<name>``) wherever staff's writes name their user: batches, the audit trail.
+The secret is shown once; only its SHA-256 digest is stored (a key is 256 random bits, so a
+fast digest is as safe as a slow one and costs nothing per request).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ApiKey(models.Model):
+    name = models.CharField(max_length=100)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_key"
+    )
+    prefix = models.CharField(max_length=16)  # the secret's first characters, to tell keys apart
+    secret_digest = models.CharField(max_length=64)  # SHA-256, hex
+    created = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="api_keys_created",
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["name"], name="apikey_unique_name"),
+            models.UniqueConstraint(fields=["secret_digest"], name="apikey_unique_digest"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class IdempotentReply(models.Model):
+    """The reply to a POST sent with an ``Idempotency-Key``: replayed to the same request
+    with the same key, refused to another. Kept at least 24 hours."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_digest = models.CharField(max_length=64)  # method, path and parameters
+    status = models.PositiveSmallIntegerField()
+    body = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "key"], name="idempotentreply_unique_key")
+        ]
+        indexes = [models.Index(fields=["created"], name="idempotentreply_created")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status or 'running'})"

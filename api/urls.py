@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from django.urls import path, re_path
+
+from api import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("v1/billing/meters", views.meters, name="meters"),
+    path("v1/billing/meters/<str:meter_id>", views.meter, name="meter"),
+    path(
+        "v1/billing/meters/<str:meter_id>/deactivate",
+        views.meter_deactivate_view,
+        name="meter_deactivate",
+    ),
+    path(
+        "v1/billing/meters/<str:meter_id>/reactivate",
+        views.meter_reactivate_view,
+        name="meter_reactivate",
+    ),
+    path("v1/billing/meter_events", views.meter_events, name="meter_events"),
+    re_path(r"^(?P<rest>v[12](?:/.*)?)$", views.not_found, name="not_found"),
+]

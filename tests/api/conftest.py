@@ -1,0 +1,54 @@
+"""The official stripe SDK against the portal over real HTTP (pytest-django's live server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import stripe
+
+from api.services import api_key_create
+from usage_portal.roles import Role
+
+
+@pytest.fixture
+def api_base(live_server) -> str:
+    return live_server.url.rstrip("/")  # the SDK does not strip a trailing slash
+
+
+@pytest.fixture
+def secret_for(transactional_db) -> Callable[[Role], str]:
+    """A new key of ``role``; its secret."""
+    made = iter(range(1000))
+
+    def make(role: Role) -> str:
+        _, secret = api_key_create(name=f"{role.value}-key-{next(made)}", role=role, actor=None)
+        return secret
+
+    return make
+
+
+@pytest.fixture
+def client_for(api_base: str, secret_for) -> Callable[..., stripe.StripeClient]:
+    """A StripeClient for a new key of ``role`` (or for ``secret``), both base addresses
+    pointed at the portal, no retries."""
+
+    def make(role: Role = Role.FINANCE, *, secret: str | None = None) -> stripe.StripeClient:
+        return stripe.StripeClient(
+            secret or secret_for(role),
+            base_addresses={"api": api_base, "meter_events": api_base},
+            max_network_retries=0,
+        )
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _sdk_quiet() -> Iterator[None]:
+    """No telemetry file in the home folder, no retries, and the module-level settings put
+    back after each test."""
+    saved = (stripe.api_key, stripe.api_base, stripe.meter_events_api_base)
+    stripe.enable_telemetry = False
+    stripe.max_network_retries = 0
+    yield
+    stripe.api_key, stripe.api_base, stripe.meter_events_api_base = saved
