@@ -18,6 +18,7 @@ urlpatterns = [
     path("", include("alerts.urls")),
     path("uploads/", include("uploads.urls")),
     path("billing/", include("billing.urls")),
+    path("api-keys/", include("api.key_urls")),
     path("", include("api.urls")),
 ]
 

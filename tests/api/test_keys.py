@@ -62,3 +62,21 @@ def test_the_command_prints_the_secret_alone_on_its_last_line() -> None:
     assert "Created API key 'ci'" in err.getvalue()
     with pytest.raises(CommandError, match="exists already"):
         call_command("api_key_create", "--name", "ci", "--role", "finance", stdout=out, stderr=err)
+
+
+def test_an_admin_makes_a_key_on_its_page_and_sees_the_secret_once(admin_client_role) -> None:
+    reply = admin_client_role.post("/api-keys/new/", {"name": "billing-sync", "role": "finance"})
+    assert reply.status_code == 200 and reply["Cache-Control"] == "no-store"
+    secret = reply.context["secret"]
+    assert secret.encode() in reply.content
+    key = ApiKey.objects.get(name="billing-sync")
+    assert key.secret_digest == secret_digest(secret)
+    listing = admin_client_role.get("/api-keys/")
+    assert b"billing-sync" in listing.content and key.prefix.encode() in listing.content
+    assert secret.encode() not in listing.content  # never shown again
+    assert b"never" in listing.content  # not used yet
+    again = admin_client_role.post("/api-keys/new/", {"name": "billing-sync", "role": "finance"})
+    assert b"exists already" in again.content
+    revoked = admin_client_role.post(f"/api-keys/{key.pk}/revoke/", follow=True)
+    assert b"revoked" in revoked.content
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is not None

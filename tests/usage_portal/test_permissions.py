@@ -112,6 +112,10 @@ EXPECTED: dict[str, Expect] = {
     "billing:invoice_detail": Expect(S),
     "billing:credit_grant_create": Expect(A),
     "billing:credit_grant_void": Expect(A, method="post"),
+    # API keys (the API itself authenticates by key: tests/api/test_permissions.py)
+    "api_keys:key_list": Expect(A),
+    "api_keys:key_create": Expect(A),
+    "api_keys:key_revoke": Expect(A, method="post", pk="api_key"),
 }
 
 # Not walked: Django's own admin (superusers only, its own checks) and the auth views that
@@ -188,7 +192,14 @@ BUILDERS: dict[str, Callable[[World], Any]] = {
     "subscription": billing_builders.build_subscription,
     "invoice": billing_builders.build_invoice,
     "grant": billing_builders.build_grant,
+    "api_key": lambda world: _api_key(world),
 }
+
+
+def _api_key(world: World) -> Any:
+    from api.services import api_key_create
+
+    return api_key_create(name=f"key-{id(world)}", role="support", actor=None)[0]
 
 
 def build_kwarg(name: str, kwarg: str, expect: Expect, world: World) -> Any:
