@@ -29,6 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from api.errors import ApiError
 from api.models import ApiKey, IdempotentReply
+from api.objects import json_text
 from api.params import form_params, json_params
 from api.services import api_key_used, secret_digest
 from usage_portal.roles import Role, has_role
@@ -76,7 +77,7 @@ def api_endpoint(*, body: str = "form", **roles: Role) -> Callable[[View], View]
 
 
 def _json_response(status: int, reply: Any, request_id: str) -> HttpResponse:
-    text = reply if isinstance(reply, str) else json.dumps(reply)
+    text = reply if isinstance(reply, str) else json_text(reply)
     response = HttpResponse(text, status=status, content_type="application/json")
     response["Request-Id"] = request_id
     return response
@@ -125,7 +126,7 @@ def _handle(
         status, reply = _run(view, request, call, args, kwargs)
     except ApiError as error:
         status, reply = error.status, error.body()
-    text = json.dumps(reply)
+    text = json_text(reply)
     if status >= 500:  # not kept: a retry with the key runs again
         IdempotentReply.objects.filter(api_key=key, key=idempotency_key).delete()
     else:

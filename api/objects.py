@@ -3,12 +3,33 @@ lists). Times are Unix seconds in v1."""
 
 from __future__ import annotations
 
+import json
+import re
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from events.models import MeterEvent
 from meters.models import Meter
+from usage.summaries import UsageSummary
+
+# Usage values go out as JSON numbers with exactly their decimal digits (Stripe's schema says
+# number; a float would round them): written as a marked string, then unquoted.
+_MARK = f"__decimal_{secrets.token_hex(8)}__"
+_MARKED = re.compile(f'"{_MARK}(-?[0-9]+(?:\\.[0-9]+)?)"')
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return f"{_MARK}{value:f}"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_text(reply: Any) -> str:
+    """``reply`` as JSON, its Decimals as exact numbers."""
+    return _MARKED.sub(r"\1", json.dumps(reply, default=_encode))
 
 
 def seconds(moment: datetime | None) -> int | None:
@@ -47,3 +68,31 @@ def meter_event_object(event: MeterEvent) -> dict[str, Any]:
 
 def list_object(url: str, data: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     return {"object": "list", "data": list(data), "has_more": has_more, "url": url}
+
+
+def adjustment_object(identifier: str, event_name: str) -> dict[str, Any]:
+    return {
+        "object": "billing.meter_event_adjustment",
+        "cancel": {"identifier": identifier},
+        "event_name": event_name,
+        "livemode": False,
+        "status": "complete",  # cancelled at once, its usage already out of the rollups
+        "type": "cancel",
+    }
+
+
+def summary_id(meter_id: str, start: int) -> str:
+    return f"mtrusg_{meter_id}_{start}"
+
+
+def summary_object(meter: Meter, summary: UsageSummary) -> dict[str, Any]:
+    start = int(summary.start.timestamp())
+    return {
+        "id": summary_id(meter.meter_id, start),
+        "object": "billing.meter_event_summary",
+        "aggregated_value": summary.aggregated_value,
+        "end_time": int(summary.end.timestamp()),
+        "livemode": False,
+        "meter": meter.meter_id,
+        "start_time": start,
+    }

@@ -19,6 +19,16 @@ urlpatterns = [
         views.meter_reactivate_view,
         name="meter_reactivate",
     ),
+    path(
+        "v1/billing/meters/<str:meter_id>/event_summaries",
+        views.meter_event_summaries_view,
+        name="meter_event_summaries",
+    ),
     path("v1/billing/meter_events", views.meter_events, name="meter_events"),
+    path(
+        "v1/billing/meter_event_adjustments",
+        views.meter_event_adjustments,
+        name="meter_event_adjustments",
+    ),
     re_path(r"^(?P<rest>v[12](?:/.*)?)$", views.not_found, name="not_found"),
 ]

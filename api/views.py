@@ -8,20 +8,42 @@ keys record usage, admin keys also manage meters.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import HttpRequest
+from django.utils import timezone
 
 from api.endpoint import ApiCall, api_endpoint, unrecognized
 from api.errors import ApiError, invalid
-from api.objects import list_object, meter_event_object, meter_object
+from api.objects import (
+    adjustment_object,
+    list_object,
+    meter_event_object,
+    meter_object,
+    summary_object,
+)
 from api.params import Spec
-from api.selectors import meter_by_public_id, meter_page
-from events.ingestion import EventInput, Outcome, event_batch_create, meter_events_ingest
+from api.selectors import (
+    customer_by_external_id,
+    event_by_identifier,
+    meter_by_public_id,
+    meter_page,
+    summary_page,
+)
+from events.ingestion import (
+    EventCancelError,
+    EventInput,
+    Outcome,
+    event_batch_create,
+    meter_event_cancel,
+    meter_events_ingest,
+)
 from events.models import EventBatch, MeterEvent
 from meters.services import meter_create, meter_deactivate, meter_reactivate, meter_update
+from usage.summaries import Grouping, meter_event_summaries, usage_range_validate
 from usage_portal.roles import Role
 
 S, F, A = Role.SUPPORT, Role.FINANCE, Role.ADMIN
@@ -183,6 +205,130 @@ def meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
         )
     event = MeterEvent.objects.select_related("meter").get(identifier=result.identifier)
     return meter_event_object(event)
+
+
+ADJUSTMENT_CREATE = Spec(
+    {
+        "event_name": "str",
+        "type": "str",
+        "cancel": Spec({"identifier": "str"}, max_lengths={"identifier": 100}),
+        **_EXPAND,
+    },
+    required=frozenset({"event_name", "type"}),
+    max_lengths={"event_name": 100},
+)
+CANCEL_WINDOW = timedelta(hours=24)  # Stripe: events received within the last 24 hours
+
+
+@api_endpoint(POST=F)
+def meter_event_adjustments(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
+    """Cancel one event by identifier, as Stripe allows: within 24 hours of its receipt. Done
+    at once, so the reply says ``complete`` (Stripe's says ``pending``)."""
+    params = ADJUSTMENT_CREATE.check(call.params)
+    return adjustment_object(_cancel(call, params), params["event_name"])
+
+
+def _cancel(call: ApiCall, params: dict[str, Any]) -> str:
+    if params["type"] != "cancel":
+        raise invalid("Invalid type: must be cancel.", param="type")
+    identifier = params.get("cancel", {}).get("identifier", "")
+    if not identifier:
+        raise invalid(
+            "Missing cancel[identifier]: name the event to cancel.",
+            param="cancel[identifier]",
+            code="parameter_missing",
+        )
+    event = event_by_identifier(identifier)
+    if event is None or event.meter.event_name != params["event_name"]:
+        raise invalid(
+            f"No meter event '{identifier[:100]}' for event_name '{params['event_name'][:100]}'.",
+            param="cancel[identifier]",
+            code="resource_missing",
+        )
+    if event.received_at < timezone.now() - CANCEL_WINDOW:
+        raise invalid(
+            "Events can be cancelled within 24 hours of their receipt; this one was received "
+            f"{event.received_at:%Y-%m-%d %H:%M} UTC. Send a negative value to correct it.",
+            param="cancel[identifier]",
+            code="cancel_window_passed",
+        )
+    try:
+        meter_event_cancel(event=event, user=call.key.user)
+    except EventCancelError as error:
+        raise invalid(
+            " ".join(error.messages), param="cancel[identifier]", code="already_cancelled"
+        ) from error
+    return identifier
+
+
+# --- Meter event summaries ------------------------------------------------------------------------
+SUMMARIES = Spec(
+    {
+        "customer": "str",
+        "start_time": "int",
+        "end_time": "int",
+        "value_grouping_window": "str",
+        "limit": "int",
+        "starting_after": "str",
+        "ending_before": "str",
+        **_EXPAND,
+    },
+    required=frozenset({"customer", "start_time", "end_time"}),
+)
+
+
+@api_endpoint(GET=S)
+def meter_event_summaries_view(
+    request: HttpRequest, call: ApiCall, meter_id: str
+) -> dict[str, Any]:
+    """The customer's usage per hour, per day or over the range, read from the rollups by the
+    selector the pages use; Stripe's alignment rules and cursor paging (oldest first)."""
+    found = meter_by_public_id(meter_id)
+    params = SUMMARIES.check(call.params)
+    customer = customer_by_external_id(params["customer"])
+    window = params.get("value_grouping_window", "")
+    if window not in ("", Grouping.HOUR, Grouping.DAY):
+        raise invalid(
+            "Invalid value_grouping_window: must be one of day or hour.",
+            param="value_grouping_window",
+        )
+    grouping = window or Grouping.NONE
+    limit = params.get("limit", 10)
+    if not 1 <= limit <= 100:
+        raise invalid("Invalid limit: must be between 1 and 100.", param="limit")
+    start, end = _moment(params, "start_time"), _moment(params, "end_time")
+    try:
+        usage_range_validate(start=start, end=end, grouping=grouping)
+    except ValidationError as error:
+        message = error.messages[0]
+        param = "start_time" if "start time" in message else "end_time"
+        raise invalid(message, param=param, code=error.error_list[0].code or "") from error
+    page_start, page_end, has_more = summary_page(
+        meter_public_id=found.meter_id,
+        start=start,
+        end=end,
+        grouping=grouping,
+        limit=limit,
+        starting_after=params.get("starting_after", ""),
+        ending_before=params.get("ending_before", ""),
+    )
+    summaries = []
+    if page_start < page_end:
+        summaries = meter_event_summaries(
+            meter=found, customer=customer, start=page_start, end=page_end, grouping=grouping
+        )
+    return list_object(
+        f"/v1/billing/meters/{found.meter_id}/event_summaries",
+        [summary_object(found, summary) for summary in summaries],
+        has_more,
+    )
+
+
+def _moment(params: dict[str, Any], name: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(params[name], tz=UTC)
+    except (OverflowError, OSError, ValueError) as error:
+        raise invalid(f"Invalid {name}: not a time this portal can read.", param=name) from error
 
 
 # --- Anything else under /v1 and /v2 ------------------------------------------------------------
