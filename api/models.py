@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class ApiKey(models.Model):
@@ -65,3 +66,23 @@ class IdempotentReply(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status or 'running'})"
+
+
+class MeterEventSession(models.Model):
+    """A v2 meter event session: a token for ``/v2/billing/meter_event_stream``, valid for
+    15 minutes. Only the token's digest is kept."""
+
+    public_id = models.CharField(max_length=40)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    token_digest = models.CharField(max_length=64)
+    created = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["token_digest"], name="metereventsession_unique_digest")
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="metereventsession_expires")]
+
+    def __str__(self) -> str:
+        return self.public_id

@@ -7,10 +7,12 @@ import json
 import re
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from api.errors import invalid
+from api.models import MeterEventSession
 from events.models import MeterEvent
 from meters.models import Meter
 from usage.summaries import UsageSummary
@@ -95,4 +97,62 @@ def summary_object(meter: Meter, summary: UsageSummary) -> dict[str, Any]:
         "livemode": False,
         "meter": meter.meter_id,
         "start_time": start,
+    }
+
+
+# --- v2: times as RFC 3339 text -----------------------------------------------------------------
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rfc3339_parse(text: str, param: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as error:
+        raise invalid(
+            f"Invalid {param}: '{text[:40]}' is not an RFC 3339 time such as "
+            "2026-03-10T12:00:00.000Z.",
+            param=param,
+        ) from error
+    if moment.tzinfo is None:
+        raise invalid(
+            f"Invalid {param}: give the time zone (for example a trailing Z for UTC).",
+            param=param,
+        )
+    return moment.astimezone(UTC)
+
+
+def v2_meter_event_object(event: MeterEvent) -> dict[str, Any]:
+    return {
+        "object": "v2.billing.meter_event",
+        "created": rfc3339(event.received_at),
+        "event_name": event.meter.event_name,
+        "identifier": event.identifier,
+        "livemode": False,
+        "payload": {str(k): str(v) for k, v in (event.payload or {}).items()},
+        "timestamp": rfc3339(event.timestamp),
+    }
+
+
+def v2_adjustment_object(identifier: str, event_name: str, now: datetime) -> dict[str, Any]:
+    return {
+        "id": "mtr_event_adj_" + secrets.token_hex(12),
+        "object": "v2.billing.meter_event_adjustment",
+        "cancel": {"identifier": identifier},
+        "created": rfc3339(now),
+        "event_name": event_name,
+        "livemode": False,
+        "status": "complete",
+        "type": "cancel",
+    }
+
+
+def v2_session_object(session: MeterEventSession, token: str) -> dict[str, Any]:
+    return {
+        "id": session.public_id,
+        "object": "v2.billing.meter_event_session",
+        "authentication_token": token,
+        "created": rfc3339(session.created),
+        "expires_at": rfc3339(session.expires_at),
+        "livemode": False,
     }

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from api.models import ApiKey, IdempotentReply
+from api.models import ApiKey, IdempotentReply, MeterEventSession
 from usage_portal.audit import audit_record
 from usage_portal.models import AuditEntry
 from usage_portal.roles import Role
@@ -115,3 +115,19 @@ def idempotent_replies_prune(*, now: datetime, keep: timedelta) -> int:
     """Delete the replies older than ``keep``; how many."""
     deleted, _ = IdempotentReply.objects.filter(created__lt=now - keep).delete()
     return deleted
+
+
+SESSION_LIFETIME = timedelta(minutes=15)  # Stripe's meter event sessions last 15 minutes
+
+
+def meter_event_session_create(*, api_key: ApiKey, now: datetime) -> tuple[MeterEventSession, str]:
+    """A session for the v2 stream and its token (shown in this reply only)."""
+    token = "mes_tok_" + secrets.token_urlsafe(32)
+    session = MeterEventSession.objects.create(
+        public_id="mes_" + secrets.token_hex(12),
+        api_key=api_key,
+        token_digest=secret_digest(token),
+        created=now,
+        expires_at=now + SESSION_LIFETIME,
+    )
+    return session, token

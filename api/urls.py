@@ -30,5 +30,16 @@ urlpatterns = [
         views.meter_event_adjustments,
         name="meter_event_adjustments",
     ),
+    path("v2/billing/meter_events", views.v2_meter_events, name="v2_meter_events"),
+    path(
+        "v2/billing/meter_event_adjustments",
+        views.v2_meter_event_adjustments,
+        name="v2_meter_event_adjustments",
+    ),
+    path(
+        "v2/billing/meter_event_session",
+        views.v2_meter_event_session,
+        name="v2_meter_event_session",
+    ),
     re_path(r"^(?P<rest>v[12](?:/.*)?)$", views.not_found, name="not_found"),
 ]

@@ -23,7 +23,11 @@ from api.objects import (
     list_object,
     meter_event_object,
     meter_object,
+    rfc3339_parse,
     summary_object,
+    v2_adjustment_object,
+    v2_meter_event_object,
+    v2_session_object,
 )
 from api.params import Spec
 from api.selectors import (
@@ -33,6 +37,7 @@ from api.selectors import (
     meter_page,
     summary_page,
 )
+from api.services import meter_event_session_create
 from events.ingestion import (
     EventCancelError,
     EventInput,
@@ -162,11 +167,6 @@ def meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
     from the Idempotency-Key when there is one, so a retry of a request whose reply was lost
     records nothing twice."""
     params = METER_EVENT_CREATE.check(call.params)
-    identifier = params.get("identifier")
-    derived = not identifier and bool(call.idempotency_key)
-    if derived:
-        seed = f"{call.key.pk}:{call.idempotency_key}".encode()
-        identifier = "evt_" + hashlib.sha256(seed).hexdigest()[:32]
     timestamp = None
     if "timestamp" in params:
         try:
@@ -180,6 +180,17 @@ def meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
                 if params["timestamp"] < 0
                 else "timestamp_in_future",
             ) from error
+    event = _event_record(call, params, timestamp)
+    return meter_event_object(event)
+
+
+def _event_record(call: ApiCall, params: dict[str, Any], timestamp: datetime | None) -> MeterEvent:
+    """One event through the core (v1 and v2 alike): the stored event, or Stripe's error."""
+    identifier = params.get("identifier")
+    derived = not identifier and bool(call.idempotency_key)
+    if derived:
+        seed = f"{call.key.pk}:{call.idempotency_key}".encode()
+        identifier = "evt_" + hashlib.sha256(seed).hexdigest()[:32]
     with transaction.atomic():
         batch = event_batch_create(source=EventBatch.Source.API, user=call.key.user)
         report = meter_events_ingest(
@@ -203,8 +214,7 @@ def meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
             code="duplicate_meter_event",
             param="identifier",
         )
-    event = MeterEvent.objects.select_related("meter").get(identifier=result.identifier)
-    return meter_event_object(event)
+    return MeterEvent.objects.select_related("meter").get(identifier=result.identifier)
 
 
 ADJUSTMENT_CREATE = Spec(
@@ -329,6 +339,45 @@ def _moment(params: dict[str, Any], name: str) -> datetime:
         return datetime.fromtimestamp(params[name], tz=UTC)
     except (OverflowError, OSError, ValueError) as error:
         raise invalid(f"Invalid {name}: not a time this portal can read.", param=name) from error
+
+
+# --- v2 (JSON; times in RFC 3339) ----------------------------------------------------------------
+V2_EVENT = Spec(
+    {"event_name": "str", "payload": "strmap", "identifier": "str", "timestamp": "str"},
+    required=frozenset({"event_name", "payload"}),
+)
+V2_ADJUSTMENT = Spec(
+    {
+        "event_name": "str",
+        "type": "str",
+        "cancel": Spec({"identifier": "str"}, required=frozenset({"identifier"})),
+    },
+    required=frozenset({"event_name", "type", "cancel"}),
+    max_lengths={"event_name": 100},
+)
+
+
+@api_endpoint(POST=F, body="json")
+def v2_meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
+    """One event, synchronously, as v1 but in JSON with RFC 3339 times."""
+    params = V2_EVENT.check(call.params)
+    timestamp = rfc3339_parse(params["timestamp"], "timestamp") if "timestamp" in params else None
+    return v2_meter_event_object(_event_record(call, params, timestamp))
+
+
+@api_endpoint(POST=F, body="json")
+def v2_meter_event_adjustments(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
+    params = V2_ADJUSTMENT.check(call.params)
+    identifier = _cancel(call, params)
+    return v2_adjustment_object(identifier, params["event_name"], timezone.now())
+
+
+@api_endpoint(POST=F, body="json")
+def v2_meter_event_session(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
+    """A token for the stream, valid for 15 minutes."""
+    Spec({}).check(call.params)
+    session, token = meter_event_session_create(api_key=call.key, now=timezone.now())
+    return v2_session_object(session, token)
 
 
 # --- Anything else under /v1 and /v2 ------------------------------------------------------------
