@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from api.errors import ApiError
-from api.models import ApiKey, IdempotentReply
+from api.models import ApiKey, IdempotentReply, MeterEventSession
 from api.objects import json_text
 from api.params import form_params, json_params
 from api.services import api_key_used, secret_digest
@@ -52,17 +52,18 @@ class ApiCall:
 View = Callable[..., Any]
 
 
-def api_endpoint(*, body: str = "form", **roles: Role) -> Callable[[View], View]:
+def api_endpoint(*, body: str = "form", auth: str = "key", **roles: Role) -> Callable[[View], View]:
     """Make ``view`` an API endpoint answering the HTTP methods named in ``roles``, each
     for keys with at least its role (``GET=Role.SUPPORT, POST=Role.ADMIN``). ``body``:
-    "form" (v1) or "json" (v2)."""
+    "form" (v1) or "json" (v2). ``auth``: "key", or "session" for the v2 stream, which
+    is authenticated by a meter event session's token (its key's role applies)."""
 
     def decorator(view: View) -> View:
         @wraps(view)
         def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             request_id = "req_" + secrets.token_hex(12)
             try:
-                status, reply, replayed = _handle(request, view, roles, body, args, kwargs)
+                status, reply, replayed = _handle(request, view, roles, body, auth, args, kwargs)
             except ApiError as error:
                 status, reply, replayed = error.status, error.body(), False
             response = _json_response(status, reply, request_id)
@@ -71,6 +72,7 @@ def api_endpoint(*, body: str = "form", **roles: Role) -> Callable[[View], View]
             return response
 
         wrapped.api_roles = roles  # type: ignore[attr-defined]
+        wrapped.api_auth = auth  # type: ignore[attr-defined]
         return login_not_required(csrf_exempt(wrapped))
 
     return decorator
@@ -88,13 +90,14 @@ def _handle(
     view: View,
     roles: dict[str, Role],
     body: str,
+    auth: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> tuple[int, Any, bool]:
     role = roles.get(request.method or "")
     if role is None:
         raise unrecognized(request)
-    key = authenticate(request)
+    key = session_authenticate(request) if auth == "session" else authenticate(request)
     if not has_role(key.user, role):
         held = next(
             (r.value for r in Role if key.user.groups.filter(name=r.value).exists()), "none"
@@ -174,6 +177,37 @@ def authenticate(request: HttpRequest) -> ApiKey:
         shown = secret[:10] + "*" * 4 if len(secret) > 10 else "****"
         state = "revoked" if key is not None else "not known"
         raise ApiError(401, f"Invalid API Key provided: {shown} ({state}).", code="api_key_invalid")
+    api_key_used(api_key=key, now=timezone.now())
+    return key
+
+
+def session_authenticate(request: HttpRequest) -> ApiKey:
+    """The key behind a meter event session's token, while the session lasts."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    session = None
+    if scheme.lower() == "bearer" and token.strip():
+        session = (
+            MeterEventSession.objects.select_related("api_key__user")
+            .filter(token_digest=secret_digest(token.strip()))
+            .first()
+        )
+    if session is None:
+        raise ApiError(
+            401,
+            "Send a meter event session's authentication_token as the Bearer token: create a "
+            "session with POST /v2/billing/meter_event_session.",
+            code="billing_meter_event_session_invalid",
+        )
+    if session.expires_at <= timezone.now():
+        raise ApiError(
+            401,
+            "The meter event session expired (they last 15 minutes): create a new one.",
+            type="temporary_session_expired",
+            code="billing_meter_event_session_expired",
+        )
+    key = session.api_key
+    if not key.is_active or not key.user.is_active:
+        raise ApiError(401, "The session's API key is revoked.", code="api_key_invalid")
     api_key_used(api_key=key, now=timezone.now())
     return key
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -86,3 +87,29 @@ class MeterEventSession(models.Model):
 
     def __str__(self) -> str:
         return self.public_id
+
+
+class StreamRequest(models.Model):
+    """The durable inbox of ``/v2/billing/meter_event_stream``: one row per accepted request,
+    written in one statement before the 202, its events (checked for shape only) as JSON.
+    Workers drain the inbox through the columnar core; a row is marked drained in the same
+    transaction as its events are stored, so each is counted once whatever crashes."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="+")
+    received_at = models.DateTimeField(default=timezone.now)
+    events = models.TextField()  # [{"event_name", "payload", "identifier", "timestamp"}]
+    event_count = models.PositiveSmallIntegerField()
+    drained_at = models.DateTimeField(null=True, blank=True)
+    batch = models.ForeignKey(
+        "events.EventBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["id"], condition=Q(drained_at__isnull=True), name="streamrequest_undrained"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"stream request {self.pk} ({self.event_count} events)"

@@ -41,5 +41,8 @@ urlpatterns = [
         views.v2_meter_event_session,
         name="v2_meter_event_session",
     ),
+    path(
+        "v2/billing/meter_event_stream", views.v2_meter_event_stream, name="v2_meter_event_stream"
+    ),
     re_path(r"^(?P<rest>v[12](?:/.*)?)$", views.not_found, name="not_found"),
 ]

@@ -38,6 +38,7 @@ from api.selectors import (
     summary_page,
 )
 from api.services import meter_event_session_create
+from api.stream import stream_request_store
 from events.ingestion import (
     EventCancelError,
     EventInput,
@@ -378,6 +379,51 @@ def v2_meter_event_session(request: HttpRequest, call: ApiCall) -> dict[str, Any
     Spec({}).check(call.params)
     session, token = meter_event_session_create(api_key=call.key, now=timezone.now())
     return v2_session_object(session, token)
+
+
+STREAM_MAX_EVENTS = 100  # Stripe's limit per stream request
+STREAM_EVENT = Spec(
+    {"event_name": "str", "payload": "strmap", "identifier": "str", "timestamp": "str"},
+    required=frozenset({"event_name", "payload"}),
+)
+
+
+@api_endpoint(POST=F, body="json", auth="session")
+def v2_meter_event_stream(request: HttpRequest, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    """Up to 100 events, stored durably before the 202 and recorded by workers: checked here
+    for shape only; their content is validated as they are recorded, and what fails is
+    reported afterwards, as on Stripe."""
+    unknown = sorted(set(call.params) - {"events"})
+    if unknown:
+        raise invalid(f"Received unknown parameter: {unknown[0][:100]}", param=unknown[0][:100])
+    events = call.params.get("events")
+    if not isinstance(events, list) or not events:
+        code = "parameter_missing" if events is None else "parameter_invalid"
+        raise invalid("Send events: a list of 1 to 100 meter events.", param="events", code=code)
+    if len(events) > STREAM_MAX_EVENTS:
+        raise invalid(
+            f"Too many events: {len(events)}; a stream request takes at most {STREAM_MAX_EVENTS}.",
+            param="events",
+        )
+    shaped = []
+    for number, event in enumerate(events):
+        prefix = f"events[{number}]"
+        if not isinstance(event, dict):
+            raise invalid(f"Invalid object: {prefix} must be an object.", param=prefix)
+        checked = STREAM_EVENT.check(event, prefix=prefix)
+        at = checked.get("timestamp")
+        shaped.append(
+            {
+                "event_name": checked["event_name"],
+                "payload": checked["payload"],
+                "identifier": checked.get("identifier", ""),
+                "timestamp": None
+                if at is None
+                else int(rfc3339_parse(at, f"{prefix}[timestamp]").timestamp()),
+            }
+        )
+    stream_request_store(api_key=call.key, events=shaped, now=timezone.now())
+    return 202, {}
 
 
 # --- Anything else under /v1 and /v2 ------------------------------------------------------------

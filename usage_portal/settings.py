@@ -245,6 +245,11 @@ CELERY_BEAT_SCHEDULE["uploads-requeue-stale"] = {
 }
 # The meter overview's daily rollups are refreshed after each commit; this sweep catches a
 # refresh message that was lost (broker down at commit time).
+# The v2 event stream's inbox is drained after each request (at most twice a second per
+# web process); this sweep takes what a lost message left, and STREAM_DRAIN_EVENTS is how
+# many events one drain transaction hands to the core.
+CELERY_BEAT_SCHEDULE["api-stream-drain"] = {"task": "api.stream_drain", "schedule": 30.0}
+STREAM_DRAIN_EVENTS = int(os.environ.get("USAGE_STREAM_DRAIN_EVENTS", "20000"))
 CELERY_BEAT_SCHEDULE["meters-usage-days-refresh"] = {
     "task": "meters.usage_days_refresh",
     "schedule": 60.0,

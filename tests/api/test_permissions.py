@@ -12,15 +12,16 @@ from typing import Any
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
-from api.services import api_key_create
+from api.services import api_key_create, meter_event_session_create
 from tests.factories import MeterFactory
 from usage_portal.roles import Role
 
 pytestmark = pytest.mark.django_db
 
 
-def api_routes() -> list[tuple[str, str, Role, tuple[str, ...]]]:
+def api_routes() -> list[tuple[str, str, Role, tuple[str, ...], str]]:
     (resolver,) = [
         entry
         for entry in get_resolver().url_patterns
@@ -32,9 +33,9 @@ def api_routes() -> list[tuple[str, str, Role, tuple[str, ...]]]:
         roles = getattr(pattern.callback, "api_roles", None)
         assert roles, f"api:{pattern.name} is not an @api_endpoint: it must check its key"
         for method, role in roles.items():
-            routes.append(
-                (f"api:{pattern.name}", method, role, tuple(pattern.pattern.regex.groupindex))
-            )
+            kwargs = tuple(pattern.pattern.regex.groupindex)
+            auth = getattr(pattern.callback, "api_auth", "key")
+            routes.append((f"api:{pattern.name}", method, role, kwargs, auth))
     return routes
 
 
@@ -48,8 +49,11 @@ def _url(name: str, kwargs: tuple[str, ...]) -> str:
     return reverse(name, kwargs=values)
 
 
-@pytest.mark.parametrize(("name", "method", "role", "kwargs"), ROUTES, ids=lambda v: str(v))
-def test_api_permission_matrix(name: str, method: str, role: Role, kwargs: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(("name", "method", "role", "kwargs", "auth"), ROUTES, ids=str)
+def test_api_permission_matrix(
+    name: str, method: str, role: Role, kwargs: tuple[str, ...], auth: str
+) -> None:
+    """A stream endpoint (``auth`` "session") is called with a session of each key."""
     url = _url(name, kwargs)
     client = Client()
     for header in ({}, {"Authorization": "Bearer sk_up_unknown"}):
@@ -57,7 +61,11 @@ def test_api_permission_matrix(name: str, method: str, role: Role, kwargs: tuple
         assert reply.status_code == 401, (method, url, header)
         assert reply.json()["error"]["message"]
     for held in Role:
-        _, secret = api_key_create(name=f"{held.value}-{method}-{len(url)}", role=held, actor=None)
+        key, secret = api_key_create(
+            name=f"{held.value}-{method}-{len(url)}", role=held, actor=None
+        )
+        if auth == "session":
+            secret = meter_event_session_create(api_key=key, now=timezone.now())[1]
         reply = client.generic(method, url, headers={"Authorization": f"Bearer {secret}"})
         if held.rank >= role.rank:
             assert reply.status_code not in (401, 403), (held, method, url, reply.content)

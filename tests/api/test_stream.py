@@ -1,0 +1,120 @@
+"""The v2 event stream: a 202 once the events are stored, a real worker records them once,
+content errors are recorded afterwards as rejections."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import stripe
+
+from api.models import MeterEventSession, StreamRequest
+from api.stream import stream_drain
+from customers.models import Customer
+from events.models import EventRejection, MeterEvent
+from meters.models import Meter
+from tests.factories import CustomerFactory, MeterFactory
+from usage.summaries import meter_usage_aggregate
+from usage_portal.roles import Role
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def usage_of(meter: Meter, customer: Customer) -> Decimal:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    return meter_usage_aggregate(
+        meter=meter, customer=customer, start=now - timedelta(days=2), end=now + timedelta(hours=1)
+    ).aggregated_value
+
+
+def stream_client(client_for, api_base: str, role: Role = Role.FINANCE) -> stripe.StripeClient:
+    session = client_for(role).v2.billing.meter_event_session.create()
+    return stripe.StripeClient(
+        session.authentication_token,
+        base_addresses={"api": api_base, "meter_events": api_base},
+        max_network_retries=0,
+    )
+
+
+def events_of(count: int, *, start: int = 0, ref: str = "cus_st", value: str = "1.5") -> list:
+    return [
+        {"event_name": "tokens", "payload": {"stripe_customer_id": ref, "value": value},
+         "identifier": f"st-{start + n}"}
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def test_streamed_events_are_stored_at_once_and_recorded_once(client_for, api_base) -> None:
+    meter = MeterFactory.create(event_name="tokens")
+    customer = CustomerFactory.create(external_id="cus_st")
+    stream = stream_client(client_for, api_base).v2.billing.meter_event_stream
+    stream.create({"events": events_of(100)})  # 202 {}: the SDK returns None
+    stream.create(
+        {"events": [*events_of(50, start=100), *events_of(3, start=150, ref="cus_nobody")]}
+    )
+    stream.create({"events": events_of(10)})  # the same identifiers again: duplicates
+    assert StreamRequest.objects.filter(drained_at__isnull=True).count() == 3
+
+    assert stream_drain() == 163
+    assert stream_drain() == 0
+    assert usage_of(meter, customer) == Decimal("1.5") * 150
+    assert MeterEvent.objects.count() == 150
+    rejected = EventRejection.objects.filter(code="meter_event_customer_not_found")
+    assert rejected.count() == 3 and rejected.first().meter == meter  # type: ignore[union-attr]
+
+
+@pytest.mark.worker
+def test_a_worker_drains_the_stream_and_a_worker_killed_before_loses_nothing(
+    client_for, api_base, celery_worker_factory
+) -> None:
+    meter = MeterFactory.create(event_name="tokens")
+    customer = CustomerFactory.create(external_id="cus_st")
+    stream = stream_client(client_for, api_base).v2.billing.meter_event_stream
+    for number in range(5):  # no worker yet: stored, waiting
+        stream.create({"events": events_of(100, start=number * 100)})
+    first = celery_worker_factory()
+    first.kill()  # killed before or while it drains: whatever it had not committed stays
+    worker = celery_worker_factory()
+    for number in range(5, 8):
+        stream.create({"events": events_of(100, start=number * 100)})
+    deadline = time.monotonic() + 90
+    while StreamRequest.objects.filter(drained_at__isnull=True).exists():
+        assert time.monotonic() < deadline, "the stream was not drained: " + worker.log[-3000:]
+        time.sleep(0.3)
+    assert MeterEvent.objects.count() == 800
+    assert usage_of(meter, customer) == Decimal("1.5") * 800
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [({"events": events_of(101)}, "events"), ({"events": []}, "events"), ({}, "events"),
+     ({"events": ["x"]}, "events[0]"), ({"events": events_of(1), "more": 1}, "more"),
+     ({"events": [{**events_of(1)[0], "timestamp": "noon"}]}, "events[0][timestamp]"),
+     ({"events": [{"payload": {}}]}, "events[0][event_name]")],
+)  # fmt: skip
+def test_a_badly_shaped_request_is_refused_whole(client_for, api_base, body, param) -> None:
+    stream = stream_client(client_for, api_base).v2.billing.meter_event_stream
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        stream.create(body)
+    assert raised.value.http_status == 400 and raised.value.param == param
+    assert not StreamRequest.objects.exists()
+
+
+def test_the_stream_wants_a_live_session_token(client_for, api_base, secret_for) -> None:
+    with_key = stripe.StripeClient(
+        secret_for(Role.FINANCE), base_addresses={"api": api_base, "meter_events": api_base}
+    )
+    with pytest.raises(stripe.AuthenticationError):
+        with_key.v2.billing.meter_event_stream.create({"events": events_of(1)})
+    client = stream_client(client_for, api_base)
+    MeterEventSession.objects.update(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    with pytest.raises(stripe.TemporarySessionExpiredError) as expired:
+        client.v2.billing.meter_event_stream.create({"events": events_of(1)})
+    assert expired.value.http_status == 401
+    with pytest.raises(stripe.PermissionError):
+        stream_client(client_for, api_base, Role.SUPPORT).v2.billing.meter_event_stream.create(
+            {"events": events_of(1)}
+        )
+    assert not StreamRequest.objects.exists()
