@@ -15,6 +15,7 @@ from api.errors import invalid
 from api.models import MeterEventSession
 from events.models import MeterEvent
 from meters.models import Meter
+from usage.selectors import RejectionCount
 from usage.summaries import UsageSummary
 
 # Usage values go out as JSON numbers with exactly their decimal digits (Stripe's schema says
@@ -155,4 +156,17 @@ def v2_session_object(session: MeterEventSession, token: str) -> dict[str, Any]:
         "created": rfc3339(session.created),
         "expires_at": rfc3339(session.expires_at),
         "livemode": False,
+    }
+
+
+def error_report_object(meter: Meter, report: RejectionCount) -> dict[str, Any]:
+    return {
+        "id": f"mtrerr_{meter.meter_id}_{report.code}",
+        "object": "billing.meter_event_error_report",
+        "code": report.code,
+        "count": report.count,
+        "last_seen_at": seconds(report.last_at),
+        "message": report.message,
+        "meter": meter.meter_id,
+        "sample": report.sample,
     }

@@ -118,5 +118,11 @@ def _columns(requests: list[StreamRequest]) -> EventColumns:
         identifiers=identifiers,
         payload={key: [p.get(key, "").strip() for p in payloads] for key in keys},
         lines=list(range(1, len(names) + 1)),
-        raws=[{"event_name": n, **p} for n, p in zip(names, payloads, strict=True)],
+        raws=[
+            {"event_name": name, "identifier": identifier, "timestamp": str(at)}
+            | {f"payload[{key}]": value for key, value in payload.items()}
+            for name, identifier, at, payload in zip(
+                names, identifiers, timestamps, payloads, strict=True
+            )
+        ],  # as an API call's rejections are kept: payload keys bracketed
     )

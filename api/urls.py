@@ -24,6 +24,11 @@ urlpatterns = [
         views.meter_event_summaries_view,
         name="meter_event_summaries",
     ),
+    path(
+        "v1/billing/meters/<str:meter_id>/event_error_reports",
+        views.meter_event_error_reports,
+        name="meter_event_error_reports",
+    ),
     path("v1/billing/meter_events", views.meter_events, name="meter_events"),
     path(
         "v1/billing/meter_event_adjustments",

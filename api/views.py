@@ -20,6 +20,7 @@ from api.endpoint import ApiCall, api_endpoint, unrecognized
 from api.errors import ApiError, invalid
 from api.objects import (
     adjustment_object,
+    error_report_object,
     list_object,
     meter_event_object,
     meter_object,
@@ -49,6 +50,7 @@ from events.ingestion import (
 )
 from events.models import EventBatch, MeterEvent
 from meters.services import meter_create, meter_deactivate, meter_reactivate, meter_update
+from usage.selectors import meter_rejections_by_code
 from usage.summaries import Grouping, meter_event_summaries, usage_range_validate
 from usage_portal.roles import Role
 
@@ -424,6 +426,30 @@ def v2_meter_event_stream(request: HttpRequest, call: ApiCall) -> tuple[int, dic
         )
     stream_request_store(api_key=call.key, events=shaped, now=timezone.now())
     return 202, {}
+
+
+ERROR_REPORTS = Spec({"start_time": "int", **_EXPAND})
+
+
+@api_endpoint(GET=S)
+def meter_event_error_reports(request: HttpRequest, call: ApiCall, meter_id: str) -> dict[str, Any]:
+    """The portal's answer to Stripe's error-report webhooks: the meter's rejected events by
+    error code since ``start_time`` (default: the last 24 hours), with how many, when the
+    latest was, its message and the event as received. The stream's content errors land
+    here, as every source's do."""
+    found = meter_by_public_id(meter_id)
+    params = ERROR_REPORTS.check(call.params)
+    since = (
+        _moment(params, "start_time")
+        if "start_time" in params
+        else timezone.now() - timedelta(hours=24)
+    )
+    reports = meter_rejections_by_code(meter=found, since=since)
+    return list_object(
+        f"/v1/billing/meters/{found.meter_id}/event_error_reports",
+        [error_report_object(found, report) for report in reports],
+        False,
+    )
 
 
 # --- Anything else under /v1 and /v2 ------------------------------------------------------------

@@ -514,8 +514,14 @@ def calendar_month(moment: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
 
 @dataclass(frozen=True, slots=True)
 class RejectionCount:
+    """Rejected events of one error code: how many, the latest one's time, message and event
+    as received (a sample to fix the sender by)."""
+
     code: str
     count: int
+    last_at: dt.datetime | None = None
+    message: str = ""
+    sample: dict[str, Any] | None = None
 
 
 def meter_rejections_by_code(
@@ -528,8 +534,22 @@ def meter_rejections_by_code(
     )
     if until is not None:
         rejections = rejections.filter(created__lt=until)
-    rows = rejections.values("code").annotate(count=models.Count("id")).order_by("-count", "code")
-    return [RejectionCount(code=row["code"], count=row["count"]) for row in rows]
+    rows = list(
+        rejections.values("code")
+        .annotate(count=models.Count("id"), latest=models.Max("id"))
+        .order_by("-count", "code")
+    )
+    samples = EventRejection.objects.in_bulk([row["latest"] for row in rows])
+    return [
+        RejectionCount(
+            code=row["code"],
+            count=row["count"],
+            last_at=samples[row["latest"]].created,
+            message=samples[row["latest"]].message,
+            sample=samples[row["latest"]].raw,
+        )
+        for row in rows
+    ]
 
 
 def meter_hourly_event_counts(

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import requests
 import stripe
+from django.urls import reverse
 
 from api.models import MeterEventSession, StreamRequest
 from api.stream import stream_drain
@@ -46,7 +48,9 @@ def events_of(count: int, *, start: int = 0, ref: str = "cus_st", value: str = "
     ]  # fmt: skip
 
 
-def test_streamed_events_are_stored_at_once_and_recorded_once(client_for, api_base) -> None:
+def test_streamed_events_are_stored_at_once_and_recorded_once(
+    client_for, api_base, secret_for, support_client
+) -> None:
     meter = MeterFactory.create(event_name="tokens")
     customer = CustomerFactory.create(external_id="cus_st")
     stream = stream_client(client_for, api_base).v2.billing.meter_event_stream
@@ -63,6 +67,20 @@ def test_streamed_events_are_stored_at_once_and_recorded_once(client_for, api_ba
     assert MeterEvent.objects.count() == 150
     rejected = EventRejection.objects.filter(code="meter_event_customer_not_found")
     assert rejected.count() == 3 and rejected.first().meter == meter  # type: ignore[union-attr]
+
+    # Reported afterwards: the API lists them, and the meter's page shows them.
+    response = requests.get(
+        f"{api_base}/v1/billing/meters/{meter.meter_id}/event_error_reports",
+        headers={"Authorization": f"Bearer {secret_for(Role.SUPPORT)}"},
+        timeout=10,
+    )
+    (report,) = response.json()["data"]
+    assert (report["code"], report["count"]) == ("meter_event_customer_not_found", 3)
+    assert report["sample"]["payload[stripe_customer_id]"] == "cus_nobody"
+    assert "cus_nobody" in report["message"] and report["last_seen_at"]
+    page = support_client.get(reverse("usage:meter_overview", args=[meter.meter_id]))
+    assert b"meter_event_customer_not_found" in page.content
+    assert b"payload[stripe_customer_id]=cus_nobody" in page.content
 
 
 @pytest.mark.worker

@@ -271,3 +271,6 @@ def test_rejections_by_code_skip_dry_runs_and_other_meters():
         ("meter_event_invalid_value", 2),
         ("meter_event_no_customer_defined", 1),
     ]
+    latest = counts[0]
+    assert latest.sample is not None and latest.sample["payload[value]"] == "y"  # the latest one
+    assert "y" in latest.message and latest.last_at is not None
