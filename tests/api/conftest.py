@@ -29,7 +29,9 @@ def secret_for(transactional_db) -> Callable[[Role], str]:
 
 
 @pytest.fixture
-def client_for(api_base: str, secret_for) -> Callable[..., stripe.StripeClient]:
+def client_for(
+    api_base: str, secret_for, sdk_http: stripe.RequestsClient
+) -> Callable[..., stripe.StripeClient]:
     """A StripeClient for a new key of ``role`` (or for ``secret``), both base addresses
     pointed at the portal, no retries."""
 
@@ -38,17 +40,23 @@ def client_for(api_base: str, secret_for) -> Callable[..., stripe.StripeClient]:
             secret or secret_for(role),
             base_addresses={"api": api_base, "meter_events": api_base},
             max_network_retries=0,
+            http_client=sdk_http,
         )
 
     return make
 
 
 @pytest.fixture(autouse=True)
-def _sdk_quiet() -> Iterator[None]:
-    """No telemetry file in the home folder, no retries, and the module-level settings put
-    back after each test."""
+def sdk_http() -> Iterator[stripe.RequestsClient]:
+    """The SDK's HTTP client for the test, closed after it: a kept-alive connection keeps the
+    live server's handler thread, and its database connection, open past the test. No
+    telemetry file in the home folder, no retries, and the module-level settings put back."""
     saved = (stripe.api_key, stripe.api_base, stripe.meter_events_api_base)
     stripe.enable_telemetry = False
     stripe.max_network_retries = 0
-    yield
+    http = stripe.RequestsClient()
+    stripe.default_http_client = http
+    yield http
+    http.close()
+    stripe.default_http_client = None
     stripe.api_key, stripe.api_base, stripe.meter_events_api_base = saved

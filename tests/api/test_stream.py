@@ -33,11 +33,7 @@ def usage_of(meter: Meter, customer: Customer) -> Decimal:
 
 def stream_client(client_for, api_base: str, role: Role = Role.FINANCE) -> stripe.StripeClient:
     session = client_for(role).v2.billing.meter_event_session.create()
-    return stripe.StripeClient(
-        session.authentication_token,
-        base_addresses={"api": api_base, "meter_events": api_base},
-        max_network_retries=0,
-    )
+    return client_for(secret=session.authentication_token)
 
 
 def events_of(count: int, *, start: int = 0, ref: str = "cus_st", value: str = "1.5") -> list:
@@ -121,9 +117,7 @@ def test_a_badly_shaped_request_is_refused_whole(client_for, api_base, body, par
 
 
 def test_the_stream_wants_a_live_session_token(client_for, api_base, secret_for) -> None:
-    with_key = stripe.StripeClient(
-        secret_for(Role.FINANCE), base_addresses={"api": api_base, "meter_events": api_base}
-    )
+    with_key = client_for(secret=secret_for(Role.FINANCE))
     with pytest.raises(stripe.AuthenticationError):
         with_key.v2.billing.meter_event_stream.create({"events": events_of(1)})
     client = stream_client(client_for, api_base)

@@ -1,0 +1,214 @@
+"""Benchmark the API over HTTP: the production server (gunicorn, as the README's operations
+section runs it) and wrk (Debian's `wrk`, a C load generator with a Lua script) in another
+process, on PostgreSQL::
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/up_api_bench \\
+    CELERY_BROKER_URL=redis://127.0.0.1:6379/4 \\
+        .venv/bin/python bench/api_ingest.py [--seconds 20] [--connections 16] [--web-workers 4]
+
+1. v1 meter event create, one event a request, ``--connections`` clients: events/s and the
+   latency percentiles wrk reports (p50, p90, p99).
+2. v2 meter event stream, 100 events a request, with no Celery worker running: events
+   accepted per second (each request's events stored in the inbox before its 202).
+3. The backlog drained: a Celery worker (``--concurrency 2``) is started and timed until
+   the inbox is empty: events drained into events and rollups per second.
+
+Then it checks that every accepted event is stored once (v1 2xx + stream events = events
+in the table). The database must be a dedicated one whose name contains "bench": the script
+TRUNCATES the usage and API tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CUSTOMERS = 2000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--web-workers", type=int, default=4)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    args = parser.parse_args()
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres") or "bench" not in urlparse(url).path:
+        sys.exit("Set DATABASE_URL to a dedicated PostgreSQL database named like *bench*.")
+    if not os.environ.get("CELERY_BROKER_URL", "").startswith("redis"):
+        sys.exit("Set CELERY_BROKER_URL to a Redis database of its own (redis://.../4).")
+    if shutil.which("wrk") is None:
+        sys.exit("Install wrk: apt-get install wrk")
+    _create_database(url)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "usage_portal.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    secret = _setup()
+    port = _free_port()
+    server = _gunicorn(port, args.web_workers)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(base)
+        run = uuid.uuid4().hex[:8]
+        v1 = _wrk(base, "meter_events.lua", args, API_KEY=secret, API_RUN=f"v1{run}")
+        print(f"v1 meter events: {v1['rps']:,.0f} events/s, p50 {v1['50']} p90 {v1['90']} "
+              f"p99 {v1['99']}, non-2xx {v1['non2xx']}")  # fmt: skip
+        token = _session_token(base, secret)
+        v2 = _wrk(base, "meter_event_stream.lua", args, API_TOKEN=token, API_RUN=f"v2{run}")
+        print(f"v2 stream accepted: {v2['rps'] * 100:,.0f} events/s ({v2['rps']:,.0f} requests/s), "
+              f"p50 {v2['50']} p99 {v2['99']}, non-2xx {v2['non2xx']}")  # fmt: skip
+        drained, seconds = _drain()
+        print(f"v2 stream drained: {drained:,} events in {seconds:.1f} s = "
+              f"{drained / seconds:,.0f} events/s")  # fmt: skip
+        _check(float(v1["ok"]), drained)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _create_database(url: str) -> None:
+    import psycopg
+
+    name = urlparse(url).path.lstrip("/")
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
+        if not connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+        ).fetchone():
+            connection.execute(f'CREATE DATABASE "{name}"')
+
+
+def _setup() -> str:
+    from django.db import connection
+
+    from api.services import api_key_create
+    from customers.models import Customer
+    from meters.models import Meter
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE api_streamrequest, api_idempotentreply, meters_eventrejection, "
+            "meters_usagerollup, meters_meterevent, meters_eventbatch, "
+            "meters_storedidentifierset CASCADE"
+        )
+    Meter.objects.update_or_create(event_name="bench_api", defaults={"display_name": "bench api"})
+    refs = [f"cus_bench_{n:05d}" for n in range(CUSTOMERS)]
+    have = set(Customer.objects.filter(external_id__in=refs).values_list("external_id", flat=True))
+    Customer.objects.bulk_create([Customer(external_id=ref) for ref in refs if ref not in have])
+    _, secret = api_key_create(name=f"bench-{uuid.uuid4().hex[:8]}", role="finance", actor=None)
+    return secret
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _gunicorn(port: int, workers: int) -> subprocess.Popen[bytes]:
+    command = [str(ROOT / ".venv/bin/gunicorn"), "usage_portal.wsgi", "--workers", str(workers),
+               "--bind", f"127.0.0.1:{port}", "--log-level", "warning"]  # fmt: skip
+    return subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+
+
+def _wait_for(base: str) -> None:
+    import requests
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(base + "/v1/billing/meters", timeout=2)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    sys.exit("gunicorn did not start")
+
+
+def _wrk(base: str, script: str, args: argparse.Namespace, **env: str) -> dict[str, float | str]:
+    command = ["wrk", "--latency", "-t", str(args.wrk_threads), "-c", str(args.connections),
+               "-d", f"{args.seconds}s", "-s", str(ROOT / "bench/wrk" / script), base]  # fmt: skip
+    environment = {**os.environ, "API_CUSTOMERS": str(CUSTOMERS), **env}
+    out = subprocess.run(
+        command, capture_output=True, text=True, env=environment, check=True
+    ).stdout
+    result: dict[str, float | str] = {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "non2xx": int(re.search(r"non2xx (\d+)", out).group(1)),  # type: ignore[union-attr]
+    }
+    for percent in ("50", "90", "99"):
+        found = re.search(rf"^\s+{percent}%\s+(\S+)", out, re.MULTILINE)
+        result[percent] = found.group(1) if found else "?"
+    result["ok"] = float(result["requests"]) - float(result["non2xx"])
+    return result
+
+
+def _session_token(base: str, secret: str) -> str:
+    import requests
+
+    reply = requests.post(
+        base + "/v2/billing/meter_event_session",
+        json={},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=10,
+    )
+    reply.raise_for_status()
+    return str(reply.json()["authentication_token"])
+
+
+def _drain() -> tuple[int, float]:
+    """Start a worker on the inbox the stream filled; (events drained, seconds)."""
+    from django.db.models import Sum
+
+    from api.models import StreamRequest
+    from usage_portal.celery import app
+
+    app.control.purge()  # the drains the requests queued: the worker started below drains
+    pending = StreamRequest.objects.filter(drained_at__isnull=True)
+    events = int(pending.aggregate(total=Sum("event_count"))["total"] or 0)
+    command = [str(ROOT / ".venv/bin/celery"), "-A", "usage_portal", "worker", "--concurrency=2",
+               "--loglevel=WARNING", "--without-gossip", "--without-mingle"]  # fmt: skip
+    worker = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+    try:
+        from api.tasks import stream_drain_task
+
+        time.sleep(3)  # connected
+        started = time.monotonic()
+        for _ in range(2):
+            stream_drain_task.delay()
+        while pending.exists():
+            time.sleep(0.1)
+        return events, time.monotonic() - started
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def _check(v1_ok: float, drained: int) -> None:
+    from events.models import MeterEvent
+
+    stored = MeterEvent.objects.count()
+    expected = int(v1_ok) + drained
+    print(f"events stored: {stored:,} (v1 accepted + stream: {expected:,})")
+    if stored != expected:
+        sys.exit("MISMATCH: an accepted event was lost or counted twice")
+
+
+if __name__ == "__main__":
+    main()
