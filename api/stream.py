@@ -2,9 +2,11 @@
 
 A 202 from ``/v2/billing/meter_event_stream`` means the request's events are in the inbox
 (``StreamRequest``), committed. Workers (``stream_drain``) take the oldest undrained requests,
-up to ``STREAM_DRAIN_EVENTS`` events at a time, hand them to ``meter_events_ingest_columns``
-(one batch per key, as a file's chunk) and mark the requests drained in the same
-transaction: a worker that dies mid-drain leaves them undrained, and the next drain stores
+up to ``STREAM_DRAIN_EVENTS`` events at a time, hand those with a timestamp to
+``meter_events_ingest_columns`` (one batch per key, as a file's chunk) and those without to
+``meter_events_ingest`` with the request's receipt time as "now" (so an identifier sent again
+without a timestamp is a duplicate, as on every path), and mark the requests drained in the
+same transaction: a worker that dies mid-drain leaves them undrained, and the next drain stores
 them once. Events whose content fails validation (unknown customer, timestamp out of range
 ...) are recorded as the core records any rejection, with the batch: the asynchronous error
 reports Stripe sends later.
@@ -23,7 +25,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from api.models import ApiKey, StreamRequest
-from events.ingestion import EventColumns, event_batch_create, meter_events_ingest_columns
+from events.ingestion import (
+    EventColumns,
+    EventInput,
+    event_batch_create,
+    meter_events_ingest,
+    meter_events_ingest_columns,
+)
 from events.models import EventBatch
 
 DRAIN_SEND_EVERY = 0.5  # a busy stream queues a drain at most this often per web process
@@ -76,7 +84,13 @@ def stream_drain(*, max_events: int | None = None) -> int:
                 batch = event_batch_create(
                     source=EventBatch.Source.API, user=requests[0].api_key.user
                 )
-                meter_events_ingest_columns(columns=_columns(requests), batch=batch, now=now)
+                timed, untimed = _split(requests)
+                if timed:
+                    meter_events_ingest_columns(columns=_columns(timed), batch=batch, now=now)
+                for request, events in untimed:
+                    # No timestamp: the receipt time, and an identifier sent again without
+                    # one is a duplicate whenever it comes (the core's per-event rule).
+                    meter_events_ingest(events=events, batch=batch, now=request.received_at)
                 StreamRequest.objects.filter(pk__in=[r.pk for r in requests]).update(
                     drained_at=now, batch=batch
                 )
@@ -99,18 +113,40 @@ def _take(limit: int) -> list[StreamRequest]:
     return taken
 
 
-def _columns(requests: list[StreamRequest]) -> EventColumns:
+def _split(
+    requests: list[StreamRequest],
+) -> tuple[list[dict[str, Any]], list[tuple[StreamRequest, list[EventInput]]]]:
+    """The events with a timestamp (for the columnar core), and per request those without."""
+    timed: list[dict[str, Any]] = []
+    untimed: list[tuple[StreamRequest, list[EventInput]]] = []
+    for request in requests:
+        without = []
+        for event in json.loads(request.events):
+            if event["timestamp"] is None:
+                without.append(
+                    EventInput(
+                        event_name=event["event_name"],
+                        payload=event["payload"],
+                        identifier=event["identifier"] or None,
+                    )
+                )
+            else:
+                timed.append(event)
+        if without:
+            untimed.append((request, without))
+    return timed, untimed
+
+
+def _columns(events: list[dict[str, Any]]) -> EventColumns:
     names: list[str] = []
     timestamps: list[int] = []
     identifiers: list[str] = []
     payloads: list[dict[str, str]] = []
-    for request in requests:
-        received = int(request.received_at.timestamp())
-        for event in json.loads(request.events):
-            names.append(event["event_name"])
-            timestamps.append(received if event["timestamp"] is None else event["timestamp"])
-            identifiers.append(event["identifier"] or "")
-            payloads.append(event["payload"])
+    for event in events:
+        names.append(event["event_name"])
+        timestamps.append(event["timestamp"])
+        identifiers.append(event["identifier"] or "")
+        payloads.append(event["payload"])
     keys = sorted({key for payload in payloads for key in payload})
     return EventColumns(
         event_names=names,

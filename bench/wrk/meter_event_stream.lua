@@ -16,11 +16,12 @@ end
 function request()
   counter = counter + 1
   local events = {}
+  local now = os.date("!%Y-%m-%dT%H:%M:%SZ")  -- as clients send it: the columnar drain
   for n = 1, 100 do
     local customer = string.format("cus_bench_%05d", (counter * 100 + n) % customers)
     events[n] = string.format(
-      '{"event_name":"bench_api","identifier":"%s-%d-%d-%d","payload":{"stripe_customer_id":"%s","value":"%d"}}',
-      run, thread_id, counter, n, customer, n)
+      '{"event_name":"bench_api","identifier":"%s-%d-%d-%d","timestamp":"%s","payload":{"stripe_customer_id":"%s","value":"%d"}}',
+      run, thread_id, counter, n, now, customer, n)
   end
   return wrk.format(nil, "/v2/billing/meter_event_stream", nil,
     '{"events":[' .. table.concat(events, ",") .. ']}')

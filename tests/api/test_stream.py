@@ -3,20 +3,28 @@ content errors are recorded afterwards as rejections."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import requests
 import stripe
+from django.conf import settings
 from django.urls import reverse
 
 from api.models import MeterEventSession, StreamRequest
 from api.stream import stream_drain
+from api.tasks import stream_drain_task
 from customers.models import Customer
 from events.models import EventRejection, MeterEvent
 from meters.models import Meter
+from tests.conftest import worker_environment
 from tests.factories import CustomerFactory, MeterFactory
 from usage.summaries import meter_usage_aggregate
 from usage_portal.roles import Role
@@ -70,7 +78,9 @@ def test_streamed_events_are_stored_at_once_and_recorded_once(
         headers={"Authorization": f"Bearer {secret_for(Role.SUPPORT)}"},
         timeout=10,
     )
-    (report,) = response.json()["data"]
+    data = response.json()["data"]
+    assert len(data) == 1, data
+    (report,) = data
     assert (report["code"], report["count"]) == ("meter_event_customer_not_found", 3)
     assert report["sample"]["payload[stripe_customer_id]"] == "cus_nobody"
     assert "cus_nobody" in report["message"] and report["last_seen_at"]
@@ -130,3 +140,53 @@ def test_the_stream_wants_a_live_session_token(client_for, api_base, secret_for)
             {"events": events_of(1)}
         )
     assert not StreamRequest.objects.exists()
+
+
+@pytest.mark.worker
+def test_a_202_survives_sigkill_of_the_web_server_and_of_every_worker(
+    celery_worker_factory, secret_for, sdk_http
+) -> None:
+    """The production server (gunicorn) in a process of its own: every request answered 202
+    is counted once after the server and the worker are killed with SIGKILL."""
+    meter = MeterFactory.create(event_name="tokens")
+    customer = CustomerFactory.create(external_id="cus_st")
+    secret = secret_for(Role.FINANCE)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(settings.BASE_DIR) / ".venv/bin/gunicorn"), "usage_portal.wsgi",
+         "--workers", "2", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        cwd=settings.BASE_DIR, env=worker_environment(), start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(base + "/v1/billing/meters", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+        worker = celery_worker_factory()
+        options = {"base_addresses": {"api": base, "meter_events": base}, "http_client": sdk_http}
+        session = stripe.StripeClient(secret, **options).v2.billing.meter_event_session.create()
+        stream = stripe.StripeClient(session.authentication_token, **options)
+        for number in range(20):
+            stream.v2.billing.meter_event_stream.create(
+                {"events": events_of(100, start=number * 100)}
+            )
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # straight after the last 202
+        server.wait(timeout=30)
+    worker.kill()
+    celery_worker_factory()
+    stream_drain_task.delay()  # as the periodic sweep would: the drains queued may be lost
+    deadline = time.monotonic() + 90
+    while StreamRequest.objects.filter(drained_at__isnull=True).exists():
+        assert time.monotonic() < deadline, "the stream was not drained"
+        time.sleep(0.3)
+    assert StreamRequest.objects.count() == 20
+    assert MeterEvent.objects.count() == 2000
+    assert usage_of(meter, customer) == Decimal("1.5") * 2000
