@@ -32,7 +32,7 @@ from api.models import ApiKey, IdempotentReply, MeterEventSession
 from api.objects import json_text
 from api.params import form_params, json_params
 from api.services import api_key_used, secret_digest
-from usage_portal.roles import Role, has_role
+from usage_portal.roles import Role, has_role, user_role
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,10 @@ def _handle(
         raise unrecognized(request)
     key = session_authenticate(request) if auth == "session" else authenticate(request)
     if not has_role(key.user, role):
-        held = next(
-            (r.value for r in Role if key.user.groups.filter(name=r.value).exists()), "none"
-        )
+        held = user_role(key.user)
         raise ApiError(
             403,
-            f"This API key's role ({held}) can't make this request: it needs the "
+            f"This API key's role ({held or 'none'}) can't make this request: it needs the "
             f"{role.value} role. Ask an admin for a key with that role.",
             code="insufficient_role",
         )
@@ -161,11 +159,15 @@ def _run(
     return 200, result
 
 
+def _bearer(request: HttpRequest) -> str:
+    """The token of ``Authorization: Bearer <token>``, or ""."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def authenticate(request: HttpRequest) -> ApiKey:
-    header = request.headers.get("Authorization", "")
-    scheme, _, secret = header.partition(" ")
-    secret = secret.strip()
-    if scheme.lower() != "bearer" or not secret:
+    secret = _bearer(request)
+    if not secret:
         raise ApiError(
             401,
             "You did not provide an API key. Send it in the Authorization header "
@@ -183,12 +185,12 @@ def authenticate(request: HttpRequest) -> ApiKey:
 
 def session_authenticate(request: HttpRequest) -> ApiKey:
     """The key behind a meter event session's token, while the session lasts."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = _bearer(request)
     session = None
-    if scheme.lower() == "bearer" and token.strip():
+    if token:
         session = (
             MeterEventSession.objects.select_related("api_key__user")
-            .filter(token_digest=secret_digest(token.strip()))
+            .filter(token_digest=secret_digest(token))
             .first()
         )
     if session is None:

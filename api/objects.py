@@ -124,13 +124,10 @@ def rfc3339_parse(text: str, param: str) -> datetime:
 
 
 def v2_meter_event_object(event: MeterEvent) -> dict[str, Any]:
-    return {
+    """The v1 object with v2's name and RFC 3339 times."""
+    return meter_event_object(event) | {
         "object": "v2.billing.meter_event",
         "created": rfc3339(event.received_at),
-        "event_name": event.meter.event_name,
-        "identifier": event.identifier,
-        "livemode": False,
-        "payload": {str(k): str(v) for k, v in (event.payload or {}).items()},
         "timestamp": rfc3339(event.timestamp),
     }
 

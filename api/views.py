@@ -172,17 +172,12 @@ def meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
     params = METER_EVENT_CREATE.check(call.params)
     timestamp = None
     if "timestamp" in params:
-        try:
-            timestamp = datetime.fromtimestamp(params["timestamp"], tz=UTC)
-        except (OverflowError, OSError, ValueError) as error:
-            raise invalid(
-                "Invalid timestamp: it must be Unix seconds within the past 35 days or "
-                "up to 5 minutes ahead.",
-                param="timestamp",
-                code="timestamp_too_far_in_past"
-                if params["timestamp"] < 0
-                else "timestamp_in_future",
-            ) from error
+        timestamp = _moment(
+            params,
+            "timestamp",
+            "it must be Unix seconds within the past 35 days or up to 5 minutes ahead",
+            "timestamp_too_far_in_past" if params["timestamp"] < 0 else "timestamp_in_future",
+        )
     event = _event_record(call, params, timestamp)
     return meter_event_object(event)
 
@@ -337,11 +332,17 @@ def meter_event_summaries_view(
     )
 
 
-def _moment(params: dict[str, Any], name: str) -> datetime:
+def _moment(
+    params: dict[str, Any],
+    name: str,
+    why: str = "not a time this portal can read",
+    code: str = "parameter_invalid",
+) -> datetime:
+    """Unix seconds ``params[name]`` as a UTC time, or Stripe's error naming the parameter."""
     try:
         return datetime.fromtimestamp(params[name], tz=UTC)
     except (OverflowError, OSError, ValueError) as error:
-        raise invalid(f"Invalid {name}: not a time this portal can read.", param=name) from error
+        raise invalid(f"Invalid {name}: {why}.", param=name, code=code) from error
 
 
 # --- v2 (JSON; times in RFC 3339) ----------------------------------------------------------------

@@ -3,12 +3,14 @@ pages show, Stripe's alignment rules and paging, cancels within 24 hours."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import requests
 import stripe
+import time_machine
 
 from events.ingestion import EventInput, event_batch_create, meter_events_ingest
 from events.models import EventBatch, MeterEvent
@@ -17,6 +19,15 @@ from usage.summaries import Grouping, meter_event_summaries
 from usage_portal.roles import Role
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _mid_day() -> Iterator[None]:
+    """Days and hours are cut at UTC boundaries: run at a fixed noon (the clock ticking, for
+    the live server and the SDK), so no run straddles midnight or the hour."""
+    with time_machine.travel(datetime(2026, 6, 15, 12, 30, tzinfo=UTC), tick=True):
+        yield
+
 
 DAY = timedelta(days=1)
 
