@@ -27,12 +27,13 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from api import credentials
 from api.errors import ApiError
 from api.models import ApiKey, IdempotentReply, MeterEventSession
 from api.objects import json_text
 from api.params import form_params, json_params
 from api.services import api_key_used, secret_digest
-from usage_portal.roles import Role, has_role, user_role
+from usage_portal.roles import Role, user_role
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +53,29 @@ class ApiCall:
 View = Callable[..., Any]
 
 
-def api_endpoint(*, body: str = "form", auth: str = "key", **roles: Role) -> Callable[[View], View]:
+# A POST's quick way: (status, reply JSON) when it could finish the call on its own, with the
+# reply stored for the call's Idempotency-Key (the request digest is given), or None.
+Fast = Callable[[ApiCall, str], tuple[int, str] | None]
+
+
+def api_endpoint(
+    *, body: str = "form", auth: str = "key", fast: Fast | None = None, **roles: Role
+) -> Callable[[View], View]:
     """Make ``view`` an API endpoint answering the HTTP methods named in ``roles``, each
     for keys with at least its role (``GET=Role.SUPPORT, POST=Role.ADMIN``). ``body``:
     "form" (v1) or "json" (v2). ``auth``: "key", or "session" for the v2 stream, which
-    is authenticated by a meter event session's token (its key's role applies)."""
+    is authenticated by a meter event session's token (its key's role applies). ``fast``:
+    tried first for a POST; when it returns None the view runs as usual (the Idempotency-Key
+    claimed first)."""
 
     def decorator(view: View) -> View:
         @wraps(view)
         def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             request_id = "req_" + secrets.token_hex(12)
             try:
-                status, reply, replayed = _handle(request, view, roles, body, auth, args, kwargs)
+                status, reply, replayed = _handle(
+                    request, view, roles, body, auth, fast, args, kwargs
+                )
             except ApiError as error:
                 status, reply, replayed = error.status, error.body(), False
             response = _json_response(status, reply, request_id)
@@ -82,6 +94,8 @@ def _json_response(status: int, reply: Any, request_id: str) -> HttpResponse:
     text = reply if isinstance(reply, str) else json_text(reply)
     response = HttpResponse(text, status=status, content_type="application/json")
     response["Request-Id"] = request_id
+    response["X-Content-Type-Options"] = "nosniff"  # the API's handler runs no middleware
+    response["Content-Length"] = str(len(response.content))
     return response
 
 
@@ -91,15 +105,15 @@ def _handle(
     roles: dict[str, Role],
     body: str,
     auth: str,
+    fast: Fast | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> tuple[int, Any, bool]:
     role = roles.get(request.method or "")
     if role is None:
         raise unrecognized(request)
-    key = session_authenticate(request) if auth == "session" else authenticate(request)
-    if not has_role(key.user, role):
-        held = user_role(key.user)
+    key, held = session_authenticate(request) if auth == "session" else authenticate(request)
+    if held is None or held.rank < role.rank:
         raise ApiError(
             403,
             f"This API key's role ({held or 'none'}) can't make this request: it needs the "
@@ -109,7 +123,7 @@ def _handle(
     params = _params(request, body)
     idempotency_key = request.headers.get("Idempotency-Key", "").strip()
     call = ApiCall(key=key, params=params, idempotency_key=idempotency_key)
-    if request.method != "POST" or not idempotency_key:
+    if request.method != "POST":
         status, reply = _run(view, request, call, args, kwargs)
         return status, reply, False
     if len(idempotency_key) > _MAX_IDEMPOTENCY_KEY:
@@ -119,7 +133,27 @@ def _handle(
             type="idempotency_error",
             code="idempotency_key_too_long",
         )
-    digest = hashlib.sha256(json.dumps([request.path, params], sort_keys=True).encode()).hexdigest()
+    digest = ""
+    if idempotency_key:
+        digest = hashlib.sha256(
+            json.dumps([request.path, params], sort_keys=True).encode()
+        ).hexdigest()
+    if fast is not None:
+        try:
+            done = fast(call, digest)
+        except ApiError:
+            raise
+        except Exception:
+            logger.exception("API call %s %s failed", request.method, request.path)
+            raise _server_error() from None
+        if done is not None:
+            return done[0], done[1], False
+        key.refresh_from_db(fields=["revoked_at"])  # this process's reading may be old
+        if not key.is_active:
+            raise ApiError(401, "This API key was revoked.", code="api_key_invalid")
+    if not idempotency_key:
+        status, reply = _run(view, request, call, args, kwargs)
+        return status, reply, False
     stored = _idempotency_claim(key, idempotency_key, digest)
     if stored is not None:
         return stored.status, stored.body, True
@@ -148,15 +182,19 @@ def _run(
         raise validation_error(error) from error
     except Exception:
         logger.exception("API call %s %s failed", request.method, request.path)
-        raise ApiError(
-            500,
-            "Something went wrong on our side; nothing was recorded by this request. "
-            "Try again; the error is logged.",
-            type="api_error",
-        ) from None
+        raise _server_error() from None
     if isinstance(result, tuple):
         return result
     return 200, result
+
+
+def _server_error() -> ApiError:
+    return ApiError(
+        500,
+        "Something went wrong on our side; nothing was recorded by this request. "
+        "Try again; the error is logged.",
+        type="api_error",
+    )
 
 
 def _bearer(request: HttpRequest) -> str:
@@ -165,7 +203,8 @@ def _bearer(request: HttpRequest) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def authenticate(request: HttpRequest) -> ApiKey:
+def authenticate(request: HttpRequest) -> tuple[ApiKey, Role | None]:
+    """The request's key and its role, read again after ``credentials.KEY_CACHE_SECONDS``."""
     secret = _bearer(request)
     if not secret:
         raise ApiError(
@@ -174,25 +213,42 @@ def authenticate(request: HttpRequest) -> ApiKey:
             "(Authorization: Bearer sk_up_...); an admin creates keys on the API keys page.",
             type="invalid_request_error",
         )
-    key = ApiKey.objects.select_related("user").filter(secret_digest=secret_digest(secret)).first()
-    if key is None or not key.is_active or not key.user.is_active:
-        shown = secret[:10] + "*" * 4 if len(secret) > 10 else "****"
-        state = "revoked" if key is not None else "not known"
-        raise ApiError(401, f"Invalid API Key provided: {shown} ({state}).", code="api_key_invalid")
+    digest = secret_digest(secret)
+    cached = credentials.reading(credentials.keys, digest)
+    if cached is not None:
+        key, role = cached
+    else:
+        key = ApiKey.objects.select_related("user").filter(secret_digest=digest).first()
+        if key is None or not key.is_active or not key.user.is_active:
+            shown = secret[:10] + "*" * 4 if len(secret) > 10 else "****"
+            state = "revoked" if key is not None else "not known"
+            raise ApiError(
+                401, f"Invalid API Key provided: {shown} ({state}).", code="api_key_invalid"
+            )
+        role = user_role(key.user)
+        credentials.remember(credentials.keys, digest, key, role)
     api_key_used(api_key=key, now=timezone.now())
-    return key
+    return key, role
 
 
-def session_authenticate(request: HttpRequest) -> ApiKey:
-    """The key behind a meter event session's token, while the session lasts."""
+def session_authenticate(request: HttpRequest) -> tuple[ApiKey, Role | None]:
+    """The key behind a meter event session's token, while the session lasts, and its role."""
     token = _bearer(request)
-    session = None
+    session, role = None, None
     if token:
-        session = (
-            MeterEventSession.objects.select_related("api_key__user")
-            .filter(token_digest=secret_digest(token))
-            .first()
-        )
+        digest = secret_digest(token)
+        cached = credentials.reading(credentials.sessions, digest)
+        if cached is not None:
+            session, role = cached
+        else:
+            session = (
+                MeterEventSession.objects.select_related("api_key__user")
+                .filter(token_digest=digest)
+                .first()
+            )
+            if session is not None:
+                role = user_role(session.api_key.user)
+                credentials.remember(credentials.sessions, digest, session, role)
     if session is None:
         raise ApiError(
             401,
@@ -211,7 +267,7 @@ def session_authenticate(request: HttpRequest) -> ApiKey:
     if not key.is_active or not key.user.is_active:
         raise ApiError(401, "The session's API key is revoked.", code="api_key_invalid")
     api_key_used(api_key=key, now=timezone.now())
-    return key
+    return key, role
 
 
 def _params(request: HttpRequest, body: str) -> dict[str, Any]:

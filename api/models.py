@@ -52,7 +52,12 @@ class IdempotentReply(models.Model):
     """The reply to a POST sent with an ``Idempotency-Key``: replayed to the same request
     with the same key, refused to another. Kept at least 24 hours."""
 
-    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    # No constraint in the database: its check would share-lock the key's row on every
+    # write of every request (a MultiXact per write once requests overlap). Keys are never
+    # deleted, only revoked. No index of its own: the unique (api_key, key) serves.
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False
+    )
     key = models.CharField(max_length=255)
     request_digest = models.CharField(max_length=64)  # method, path and parameters
     status = models.PositiveSmallIntegerField()
@@ -63,7 +68,8 @@ class IdempotentReply(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["api_key", "key"], name="idempotentreply_unique_key")
         ]
-        indexes = [models.Index(fields=["created"], name="idempotentreply_created")]
+        # No index on created: pruning walks the oldest ids (``services.rows_prune``), and
+        # each index is one more write per API call.
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status or 'running'})"
@@ -90,24 +96,47 @@ class MeterEventSession(models.Model):
 
 
 class StreamRequest(models.Model):
-    """The durable inbox of ``/v2/billing/meter_event_stream``: one row per accepted request,
-    written in one statement before the 202, its events (checked for shape only) as JSON.
-    Workers drain the inbox through the columnar core; a row is marked drained in the same
-    transaction as its events are stored, so each is counted once whatever crashes."""
+    """The durable inbox of the API's event writes: one row per accepted request, written
+    before the reply, its events as JSON. ``/v2/billing/meter_event_stream`` keeps up to 100
+    events a row (checked for shape only); v1 (and v2) meter event creates keep one, already
+    validated by the core, with its ``identifier`` (unique here: a second create with it
+    finds this row while the event waits). Workers drain the inbox through the core; a row is
+    marked drained in the same transaction as its events are stored, so each is counted once
+    whatever crashes. Drained rows are pruned after ``api.stream.INBOX_KEEP``."""
 
-    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="+")
+    # Few indexes, each one more write per API call: no constraint or index for the key
+    # (see IdempotentReply) or the batch (batches are never deleted), the identifier's only
+    # where there is one, none on drained_at (pruning walks the oldest ids).
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
     received_at = models.DateTimeField(default=timezone.now)
     events = models.TextField()  # [{"event_name", "payload", "identifier", "timestamp"}]
     event_count = models.PositiveSmallIntegerField()
+    identifier = models.CharField(  # noqa: DJ001 - NULL: a stream request's (many events)
+        max_length=101, null=True, blank=True, db_collation="BINARY"
+    )
     drained_at = models.DateTimeField(null=True, blank=True)
     batch = models.ForeignKey(
-        "events.EventBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "events.EventBatch",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
 
     class Meta:
         indexes = [
             models.Index(
                 fields=["id"], condition=Q(drained_at__isnull=True), name="streamrequest_undrained"
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["identifier"],
+                condition=Q(identifier__isnull=False),
+                name="streamrequest_unique_identifier",
             )
         ]
 

@@ -32,7 +32,8 @@ def _encode(value: Any) -> Any:
 
 def json_text(reply: Any) -> str:
     """``reply`` as JSON, its Decimals as exact numbers."""
-    return _MARKED.sub(r"\1", json.dumps(reply, default=_encode))
+    text = json.dumps(reply, default=_encode)
+    return _MARKED.sub(r"\1", text) if _MARK in text else text
 
 
 def seconds(moment: datetime | None) -> int | None:
@@ -58,14 +59,27 @@ def meter_object(meter: Meter) -> dict[str, Any]:
 
 
 def meter_event_object(event: MeterEvent) -> dict[str, Any]:
+    return meter_event_fields(
+        event.meter.event_name, event.identifier, event.payload, event.received_at, event.timestamp
+    )
+
+
+def meter_event_fields(
+    event_name: str,
+    identifier: str,
+    payload: dict[str, Any] | None,
+    created: datetime,
+    timestamp: datetime,
+) -> dict[str, Any]:
+    """A meter event's object from its fields (an event not stored yet has no row)."""
     return {
         "object": "billing.meter_event",
-        "created": seconds(event.received_at),
-        "event_name": event.meter.event_name,
-        "identifier": event.identifier,
+        "created": seconds(created),
+        "event_name": event_name,
+        "identifier": identifier,
         "livemode": False,
-        "payload": {str(k): str(v) for k, v in (event.payload or {}).items()},
-        "timestamp": seconds(event.timestamp),
+        "payload": {str(k): str(v) for k, v in (payload or {}).items()},
+        "timestamp": seconds(timestamp),
     }
 
 
@@ -124,11 +138,23 @@ def rfc3339_parse(text: str, param: str) -> datetime:
 
 
 def v2_meter_event_object(event: MeterEvent) -> dict[str, Any]:
+    return v2_meter_event_fields(
+        event.meter.event_name, event.identifier, event.payload, event.received_at, event.timestamp
+    )
+
+
+def v2_meter_event_fields(
+    event_name: str,
+    identifier: str,
+    payload: dict[str, Any] | None,
+    created: datetime,
+    timestamp: datetime,
+) -> dict[str, Any]:
     """The v1 object with v2's name and RFC 3339 times."""
-    return meter_event_object(event) | {
+    return meter_event_fields(event_name, identifier, payload, created, timestamp) | {
         "object": "v2.billing.meter_event",
-        "created": rfc3339(event.received_at),
-        "timestamp": rfc3339(event.timestamp),
+        "created": rfc3339(created),
+        "timestamp": rfc3339(timestamp),
     }
 
 

@@ -10,9 +10,11 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from api.credentials import credentials_forget
 from api.models import ApiKey, IdempotentReply, MeterEventSession
 from usage_portal.audit import audit_record
 from usage_portal.models import AuditEntry
@@ -78,6 +80,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: User | None) -> ApiKey:
     locked.revoked_at = timezone.now()
     locked.save(update_fields=["revoked_at"])
     User.objects.filter(pk=locked.user_id).update(is_active=False)
+    credentials_forget()
     audit_record(
         target=locked,
         action=AuditEntry.Action.DEACTIVATE,
@@ -111,10 +114,40 @@ def idempotent_reply_store(
     )
 
 
-def idempotent_replies_prune(*, now: datetime, keep: timedelta) -> int:
-    """Delete the replies older than ``keep``; how many."""
-    deleted, _ = IdempotentReply.objects.filter(created__lt=now - keep).delete()
-    return deleted
+IDEMPOTENCY_KEEP = timedelta(hours=48)  # Stripe keeps keys 24 hours; twice that here
+_PRUNE_CHUNK = 20_000
+
+
+def idempotent_replies_prune(*, now: datetime, keep: timedelta = IDEMPOTENCY_KEEP) -> int:
+    """Delete the replies older than ``keep`` and the sessions expired as long ago; how
+    many replies."""
+    MeterEventSession.objects.filter(expires_at__lt=now - keep).delete()
+    return rows_prune(IdempotentReply, "created", now - keep)
+
+
+def rows_prune(
+    model: type[models.Model], written: str, cutoff: datetime, condition: Q | None = None
+) -> int:
+    """Delete the rows of ``model`` (those meeting ``condition``) among those ``written``
+    before ``cutoff``, walking the ids upwards, ``_PRUNE_CHUNK`` at a time (short
+    transactions, no index but the primary key's): rows are written in id order, so the walk
+    stops at the first chunk written after ``cutoff``. How many were deleted."""
+    deleted, after = 0, 0
+    while True:
+        chunk = list(
+            model._default_manager.filter(pk__gt=after)
+            .order_by("pk")
+            .values_list("pk", written)[:_PRUNE_CHUNK]
+        )
+        old = [pk for pk, at in chunk if at < cutoff]
+        if old:
+            doomed = model._default_manager.filter(pk__in=old)
+            if condition is not None:
+                doomed = doomed.filter(condition)
+            deleted += doomed.delete()[0]
+        if len(old) < len(chunk) or not chunk:
+            return deleted
+        after = chunk[-1][0]
 
 
 SESSION_LIFETIME = timedelta(minutes=15)  # Stripe's meter event sessions last 15 minutes

@@ -1,30 +1,42 @@
-"""The v2 event stream: requests stored durably at once, drained into the core in batches.
+"""The API's inbox: events stored durably at once, drained into the core in batches.
 
 A 202 from ``/v2/billing/meter_event_stream`` means the request's events are in the inbox
-(``StreamRequest``), committed. Workers (``stream_drain``) take the oldest undrained requests,
-up to ``STREAM_DRAIN_EVENTS`` events at a time, hand those with a timestamp to
+(``StreamRequest``), committed. A meter event create (v1 or v2) that the core's precheck
+passes is kept there too, one row with its identifier (``meter_event_keep``), and answered
+at once; one the precheck doubts takes the core's full path in the request.
+
+Workers (``stream_drain``) take the oldest undrained requests, up to
+``STREAM_DRAIN_EVENTS`` events at a time, hand those with a timestamp to
 ``meter_events_ingest_columns`` (one batch per key, as a file's chunk) and those without to
-``meter_events_ingest`` with the request's receipt time as "now" (so an identifier sent again
-without a timestamp is a duplicate, as on every path), and mark the requests drained in the
-same transaction: a worker that dies mid-drain leaves them undrained, and the next drain stores
-them once. Events whose content fails validation (unknown customer, timestamp out of range
-...) are recorded as the core records any rejection, with the batch: the asynchronous error
-reports Stripe sends later.
+``meter_events_ingest`` with the second they were received as "now" (so an identifier sent
+again without a timestamp is a duplicate, as on every path), and mark the requests drained
+in the same transaction: a worker that dies mid-drain leaves them undrained, and the next
+drain stores them once. Events whose content fails validation (unknown customer, timestamp
+out of range ...) are recorded as the core records any rejection, with the batch: the
+asynchronous error reports Stripe sends later.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import threading
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
+from psycopg.errors import DivisionByZero
 
-from api.models import ApiKey, StreamRequest
+from api.models import ApiKey, IdempotentReply, StreamRequest
+from api.services import rows_prune
+from customers.models import Customer
 from events.ingestion import (
     EventColumns,
     EventInput,
@@ -32,69 +44,327 @@ from events.ingestion import (
     meter_events_ingest,
     meter_events_ingest_columns,
 )
-from events.models import EventBatch
+from events.models import EventBatch, MeterEvent
+from meters.models import Meter
 
-DRAIN_SEND_EVERY = 0.5  # a busy stream queues a drain at most this often per web process
-_window_ends = 0.0  # this process's current send window (monotonic seconds)
-_trailing_sent = False  # whether a drain at the window's end is queued already
+logger = logging.getLogger(__name__)
+
+DRAIN_SEND_EVERY = 0.5  # a busy API queues a drain at most this often per web process
+INBOX_KEEP = timedelta(hours=1)  # drained rows are kept this long (then their events are
+# found by identifier among the stored events)
+
+
+class KeyRevoked(Exception):
+    """The key was revoked after this process last read it: nothing was kept."""
 
 
 def stream_request_store(*, api_key: ApiKey, events: list[dict[str, Any]], now: datetime) -> None:
-    """Keep a request's events (one INSERT) and make sure a drain follows within
-    ``DRAIN_SEND_EVERY``: the first request of a window queues one at once, a later one a
-    single drain at the window's end (so a busy stream sends two messages a second, not one
-    per request, and no request waits for the periodic sweep)."""
-    StreamRequest.objects.create(
-        api_key=api_key, received_at=now, events=json.dumps(events), event_count=len(events)
-    )
-    global _window_ends, _trailing_sent
-    moment = time.monotonic()
-    if moment >= _window_ends:
-        _window_ends, _trailing_sent = moment + DRAIN_SEND_EVERY, False
-        _drain_send(0.0)
-    elif not _trailing_sent:
-        _trailing_sent = True
-        _drain_send(_window_ends - moment)
+    """Keep a stream request's events (one INSERT, refused if the key was revoked
+    meanwhile: ``KeyRevoked``) and make sure a drain follows."""
+    kept = _inbox_insert(api_key, now, json.dumps(events), len(events), None)
+    if not kept:
+        raise KeyRevoked
+    inbox_drain_soon()
 
 
-def _drain_send(countdown: float) -> None:
+def meter_event_keep(
+    *,
+    api_key: ApiKey,
+    event: dict[str, Any],
+    meter_id: int,
+    customer_ref: str,
+    now: datetime,
+    reply: tuple[str, str, int, str] | None,
+) -> bool:
+    """Keep one event that the core's precheck passed, and the reply to its Idempotency-Key
+    (``(key, request digest, status, body)``), atomically; then make sure a drain follows.
+    False, with nothing kept, when its identifier is taken (stored, or waiting here), the
+    meter is no longer active, the customer is not found, the key was revoked or the
+    Idempotency-Key was used: the caller then takes the full path, which tells those cases
+    apart."""
+    one = (meter_id, customer_ref)
+    row = _inbox_row(api_key, now, json.dumps([event]), 1, event["identifier"], one)
+    if connection.vendor == "postgresql":
+        kept = _pg_keep(row, reply, api_key, now)
+    else:
+        kept = _keep(row, reply, api_key, now)
+    if kept:
+        inbox_drain_soon()
+    return kept
+
+
+def _inbox_row(
+    api_key: ApiKey,
+    now: datetime,
+    events: str,
+    count: int,
+    identifier: str | None,
+    one: tuple[int, str] | None,
+) -> tuple[str, list[Any]]:
+    """The SELECT of one inbox row, if the key is not revoked (and, for one event, if its
+    meter (``one``: its id and customer reference) is active, its customer exists and its
+    identifier is not stored), and its parameters."""
+    conditions = [f"EXISTS (SELECT 1 FROM {_KEYS} WHERE id = %s AND revoked_at IS NULL)"]
+    at = connection.ops.adapt_datetimefield_value(now)
+    params: list[Any] = [api_key.pk, at, events, count, identifier, api_key.pk]
+    if one is not None:
+        conditions.append(f"EXISTS (SELECT 1 FROM {_METERS} WHERE id = %s AND status = 'active')")
+        conditions.append(f"EXISTS (SELECT 1 FROM {_CUSTOMERS} WHERE external_id = %s)")
+        conditions.append(f"NOT EXISTS (SELECT 1 FROM {_EVENTS} WHERE identifier = %s)")
+        params += [*one, identifier]
+    select = f"SELECT %s, %s, %s, %s, %s WHERE {' AND '.join(conditions)}"
+    return select, params
+
+
+_INSERT = (
+    "INSERT INTO {inbox} (api_key_id, received_at, events, event_count, identifier) {select} "
+    "ON CONFLICT (identifier) WHERE identifier IS NOT NULL DO NOTHING RETURNING id"
+)
+_REPLY = (
+    "INSERT INTO {replies} (api_key_id, key, request_digest, status, body, created) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING id"
+)
+# PostgreSQL: the row and the reply in one statement (one round trip, its own transaction).
+# The reply is written only if the row was; a row whose reply was not (its Idempotency-Key
+# was used before, with other parameters, since the same ones give the same identifier)
+# fails the statement by a division by zero, which undoes both.
+_PG_KEEP = """
+WITH kept AS ({insert}),
+replied AS (
+    INSERT INTO {replies} (api_key_id, key, request_digest, status, body, created)
+    SELECT %s, %s, %s, %s, %s, %s FROM kept
+    ON CONFLICT (api_key_id, key) DO NOTHING RETURNING id
+)
+SELECT (SELECT count(*) FROM kept)
+    / CASE WHEN (SELECT count(*) FROM kept) = (SELECT count(*) FROM replied) THEN 1 ELSE 0 END
+"""
+
+
+def _pg_keep(
+    row: tuple[str, list[Any]],
+    reply: tuple[str, str, int, str] | None,
+    api_key: ApiKey,
+    now: datetime,
+) -> bool:
+    select, params = row
+    insert = _INSERT.format(inbox=_INBOX, select=select)
+    if reply is None:
+        sql = insert
+    else:
+        sql = _PG_KEEP.format(insert=insert, replies=_REPLIES)
+        params = [*params, api_key.pk, *reply, now]
+    if not connection.get_autocommit():  # inside a transaction: a savepoint's worth
+        return _keep(row, reply, api_key, now)
+    connection.ensure_connection()
+    try:
+        # The driver's own cursor (Django's binds parameters on the client): parameters bound
+        # by the server, the statement prepared once per connection.
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(sql, params, prepare=True)
+            found = cursor.fetchone()
+    except DivisionByZero:  # nothing kept
+        return False
+    return found is not None and bool(found[0])
+
+
+def _keep(
+    row: tuple[str, list[Any]],
+    reply: tuple[str, str, int, str] | None,
+    api_key: ApiKey,
+    now: datetime,
+) -> bool:
+    select, params = row
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_INSERT.format(inbox=_INBOX, select=select), params)
+            if cursor.fetchone() is None:
+                raise _NotKept
+            if reply is not None:
+                key, digest, status, body = reply
+                at = connection.ops.adapt_datetimefield_value(now)
+                cursor.execute(
+                    _REPLY.format(replies=_REPLIES), [api_key.pk, key, digest, status, body, at]
+                )
+                if cursor.fetchone() is None:
+                    raise _NotKept
+    except _NotKept:
+        return False
+    return True
+
+
+class _NotKept(Exception):
+    pass
+
+
+def _inbox_insert(
+    api_key: ApiKey, now: datetime, events: str, count: int, identifier: str | None
+) -> bool:
+    """One inbox row for a stream request, unless the key was revoked: one statement."""
+    select, params = _inbox_row(api_key, now, events, count, identifier, None)
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT.format(inbox=_INBOX, select=select), params)
+        return cursor.fetchone() is not None
+
+
+_INBOX = StreamRequest._meta.db_table
+_KEYS = ApiKey._meta.db_table
+_REPLIES = IdempotentReply._meta.db_table
+_EVENTS = MeterEvent._meta.db_table
+_METERS = Meter._meta.db_table
+_CUSTOMERS = Customer._meta.db_table
+
+
+def inbox_drain_soon() -> None:
+    """Make sure a drain follows within ``DRAIN_SEND_EVERY``: this process's sender thread
+    queues one at once, then at most one more per ``DRAIN_SEND_EVERY`` while writes go on
+    (so a busy API sends two messages a second, not one per request). No request waits for
+    the broker: its first connection in a process takes a third of a second, and a broker
+    that is down costs the requests nothing (the periodic sweep drains the inbox)."""
+    global _sender_pid
+    if _sender_pid != os.getpid():  # none yet in this process (or it was forked)
+        with _sender_lock:
+            if _sender_pid != os.getpid():
+                threading.Thread(target=_send_loop, name="drain-sender", daemon=True).start()
+                _sender_pid = os.getpid()
+    _wanted.set()
+
+
+_wanted = threading.Event()
+_sender_lock = threading.Lock()
+_sender_pid: int | None = None
+
+
+def _send_loop() -> None:
     from api.tasks import stream_drain_task
 
-    try:
-        stream_drain_task.apply_async(countdown=countdown)
-    except Exception:  # the events are stored: the periodic sweep drains them
-        global _window_ends
-        _window_ends = 0.0
+    while True:
+        _wanted.wait()
+        _wanted.clear()
+        try:
+            stream_drain_task.apply_async()
+        except Exception:  # the events are stored: the periodic sweep drains them
+            logger.warning(
+                "Could not queue an inbox drain; the periodic sweep will.", exc_info=True
+            )
+        time.sleep(DRAIN_SEND_EVERY)
 
 
-def stream_drain(*, max_events: int | None = None) -> int:
-    """Drain the inbox until it is empty; how many events were handed to the core."""
+def stream_drain(*, max_events: int | None = None, gather: float = 0.0) -> int:
+    """Drain the inbox until it is empty; how many events were handed to the core.
+
+    Each drain stores its events as one batch, at a cost of its own (tens of milliseconds),
+    so drains are few and large: on PostgreSQL at most ``DRAINS_AT_ONCE`` run at a time
+    (a drain queued while they run returns at once, and each running one looks again once
+    it has let go; a second one starts only on a backlog of more than one transaction's
+    worth, and takes requests the first has not locked), and
+    with ``gather`` a drain whose oldest waiting event came less than ``gather`` seconds
+    ago waits for the rest of that time first (the workers' drains do, half a second)."""
     limit = max_events or settings.STREAM_DRAIN_EVENTS
     drained = 0
-    while True:
-        with transaction.atomic():
-            taken = _take(limit)
-            if not taken:
-                return drained
-            by_key: dict[int, list[StreamRequest]] = defaultdict(list)
-            for request in taken:
-                by_key[request.api_key_id].append(request)
-            now = timezone.now()
-            for requests in by_key.values():
-                batch = event_batch_create(
-                    source=EventBatch.Source.API, user=requests[0].api_key.user
-                )
-                timed, untimed = _split(requests)
-                if timed:
-                    meter_events_ingest_columns(columns=_columns(timed), batch=batch, now=now)
-                for request, events in untimed:
-                    # No timestamp: the receipt time, and an identifier sent again without
-                    # one is a duplicate whenever it comes (the core's per-event rule).
-                    meter_events_ingest(events=events, batch=batch, now=request.received_at)
-                StreamRequest.objects.filter(pk__in=[r.pk for r in requests]).update(
-                    drained_at=now, batch=batch
-                )
-                drained += sum(r.event_count for r in requests)
+    while (slot := _drain_slot(limit)) is not None:
+        try:
+            if gather:
+                _gathered(gather)
+            while True:
+                with transaction.atomic():
+                    taken = _take(limit)
+                    if not taken:
+                        break
+                    drained += _requests_drain(taken)
+        finally:
+            _drain_slot_free(slot)
+        # Rows kept while this drain held the lock, whose own drain returned at once.
+        if not StreamRequest.objects.filter(drained_at__isnull=True).exists():
+            break
+    return drained
+
+
+DRAINS_AT_ONCE = 2
+_DRAIN_LOCK = 0x5AFE_D2A0  # advisory lock ids of the running drains' slots (PostgreSQL)
+
+
+def _drain_slot(limit: int) -> int | None:
+    """A free drain slot, taken (its lock is this session's until freed), or None. Slots
+    after the first only for a backlog of more than ``limit`` events' requests. SQLite has
+    one writer at a time anyway: always slot 0."""
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        for slot in range(DRAINS_AT_ONCE):
+            if slot and not _backlog(limit):
+                return None
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_DRAIN_LOCK + slot])
+            if cursor.fetchone()[0]:
+                return slot
+    return None
+
+
+def _backlog(limit: int) -> bool:
+    """Whether more requests wait than one drain transaction takes."""
+    undrained = StreamRequest.objects.filter(drained_at__isnull=True).order_by("id")
+    return undrained.values("id")[limit // 10 : limit // 10 + 1].exists()
+
+
+def _drain_slot_free(slot: int) -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_DRAIN_LOCK + slot])
+
+
+def _gathered(gather: float) -> None:
+    oldest = (
+        StreamRequest.objects.filter(drained_at__isnull=True)
+        .order_by("id")
+        .values_list("received_at", flat=True)
+        .first()
+    )
+    if oldest is not None:
+        age = (timezone.now() - oldest).total_seconds()
+        if 0 <= age < gather:
+            time.sleep(gather - age)
+
+
+def inbox_identifier_settle(identifier: str) -> None:
+    """Store now the waiting event with ``identifier``, if there is one, so that the core
+    compares another event with that identifier against it (duplicate or conflict)."""
+    with transaction.atomic():
+        waiting = StreamRequest.objects.filter(identifier=identifier, drained_at__isnull=True)
+        if connection.vendor == "postgresql":
+            waiting = waiting.select_for_update(of=("self",))
+        taken = list(waiting.select_related("api_key__user"))
+        if taken:
+            _requests_drain(taken)
+
+
+def inbox_prune(*, now: datetime) -> int:
+    """Forget inbox rows drained more than ``INBOX_KEEP`` ago; how many."""
+    cutoff = now - INBOX_KEEP
+    return rows_prune(StreamRequest, "received_at", cutoff, Q(drained_at__lt=cutoff))
+
+
+def _requests_drain(taken: list[StreamRequest]) -> int:
+    """Store ``taken``'s events through the core (one batch per key) and mark them drained,
+    in the caller's transaction; how many events."""
+    by_key: dict[int, list[StreamRequest]] = defaultdict(list)
+    for request in taken:
+        by_key[request.api_key_id].append(request)
+    now = timezone.now()
+    drained = 0
+    for requests in by_key.values():
+        batch = event_batch_create(source=EventBatch.Source.API, user=requests[0].api_key.user)
+        timed, untimed = _split(requests)
+        if timed:
+            meter_events_ingest_columns(columns=_columns(timed), batch=batch, now=now)
+        for received, events in untimed.items():
+            # No timestamp: the receipt time (to the second, as the core keeps it), and an
+            # identifier sent again without one is a duplicate whenever it comes (the core's
+            # per-event rule).
+            meter_events_ingest(events=events, batch=batch, now=received)
+        StreamRequest.objects.filter(pk__in=[r.pk for r in requests]).update(
+            drained_at=now, batch=batch
+        )
+        drained += sum(r.event_count for r in requests)
+    return drained
 
 
 def _take(limit: int) -> list[StreamRequest]:
@@ -115,15 +385,16 @@ def _take(limit: int) -> list[StreamRequest]:
 
 def _split(
     requests: list[StreamRequest],
-) -> tuple[list[dict[str, Any]], list[tuple[StreamRequest, list[EventInput]]]]:
-    """The events with a timestamp (for the columnar core), and per request those without."""
+) -> tuple[list[dict[str, Any]], dict[datetime, list[EventInput]]]:
+    """The events with a timestamp (for the columnar core), and those without by the second
+    they were received in (each second one call of the per-event core)."""
     timed: list[dict[str, Any]] = []
-    untimed: list[tuple[StreamRequest, list[EventInput]]] = []
+    untimed: dict[datetime, list[EventInput]] = defaultdict(list)
     for request in requests:
-        without = []
+        received = request.received_at.replace(microsecond=0)
         for event in json.loads(request.events):
             if event["timestamp"] is None:
-                without.append(
+                untimed[received].append(
                     EventInput(
                         event_name=event["event_name"],
                         payload=event["payload"],
@@ -132,8 +403,6 @@ def _split(
                 )
             else:
                 timed.append(event)
-        if without:
-            untimed.append((request, without))
     return timed, untimed
 
 

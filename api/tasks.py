@@ -1,11 +1,15 @@
-"""Celery tasks of the API: draining the event stream's inbox."""
+"""Celery tasks of the API: draining the inbox, and forgetting what is no longer needed."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.db import OperationalError
+from django.utils import timezone
 
-from api.stream import stream_drain
+from api.services import idempotent_replies_prune
+from api.stream import inbox_prune, stream_drain
+
+DRAIN_GATHER = 0.5  # seconds: a drain waits for the events of the next half second
 
 
 @shared_task(
@@ -17,4 +21,11 @@ from api.stream import stream_drain
     max_retries=8,
 )
 def stream_drain_task() -> int:
-    return stream_drain()
+    return stream_drain(gather=DRAIN_GATHER)
+
+
+@shared_task(name="api.prune")
+def prune_task() -> int:
+    """Drained inbox rows after an hour; Idempotency-Key replies and sessions after 48."""
+    now = timezone.now()
+    return inbox_prune(now=now) + idempotent_replies_prune(now=now)

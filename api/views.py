@@ -8,6 +8,7 @@ keys record usage, admin keys also manage meters.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,12 +22,15 @@ from api.errors import ApiError, invalid
 from api.objects import (
     adjustment_object,
     error_report_object,
+    json_text,
     list_object,
+    meter_event_fields,
     meter_event_object,
     meter_object,
     rfc3339_parse,
     summary_object,
     v2_adjustment_object,
+    v2_meter_event_fields,
     v2_meter_event_object,
     v2_session_object,
 )
@@ -39,13 +43,14 @@ from api.selectors import (
     summary_page,
 )
 from api.services import meter_event_session_create
-from api.stream import stream_request_store
+from api.stream import KeyRevoked, inbox_identifier_settle, meter_event_keep, stream_request_store
 from events.ingestion import (
     EventCancelError,
     EventInput,
     Outcome,
     event_batch_create,
     meter_event_cancel,
+    meter_event_precheck,
     meter_events_ingest,
 )
 from events.models import EventBatch, MeterEvent
@@ -163,12 +168,28 @@ def meter_reactivate_view(request: HttpRequest, call: ApiCall, meter_id: str) ->
 
 
 # --- Meter events -------------------------------------------------------------------------------
-@api_endpoint(POST=F)
+def _meter_event_fast(call: ApiCall, digest: str) -> tuple[int, str] | None:
+    """A v1 create the core's precheck passes: kept in the inbox and answered at once."""
+    try:
+        params, timestamp = _meter_event_params(call)
+    except ApiError:
+        return None  # the full path words it
+    return _event_keep(call, digest, params, timestamp, meter_event_fields)
+
+
+@api_endpoint(POST=F, fast=_meter_event_fast)
 def meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
-    """Record one event through the core. Its validation errors come back at once, with
-    the core's code (Stripe reports some of them later). Without an identifier one is made:
-    from the Idempotency-Key when there is one, so a retry of a request whose reply was lost
-    records nothing twice."""
+    """Record one event. Its validation errors come back at once, with the core's code
+    (Stripe reports some of them later). Without an identifier one is made: from the
+    Idempotency-Key when there is one, so a retry of a request whose reply was lost records
+    nothing twice. An event the core's precheck passes is kept in the inbox and counted
+    within a second (``_meter_event_fast``); this full path handles the rest."""
+    params, timestamp = _meter_event_params(call)
+    event = _event_record(call, params, timestamp)
+    return meter_event_object(event)
+
+
+def _meter_event_params(call: ApiCall) -> tuple[dict[str, Any], datetime | None]:
     params = METER_EVENT_CREATE.check(call.params)
     timestamp = None
     if "timestamp" in params:
@@ -178,17 +199,70 @@ def meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
             "it must be Unix seconds within the past 35 days or up to 5 minutes ahead",
             "timestamp_too_far_in_past" if params["timestamp"] < 0 else "timestamp_in_future",
         )
-    event = _event_record(call, params, timestamp)
-    return meter_event_object(event)
+    return params, timestamp
+
+
+def _identifier(call: ApiCall, params: dict[str, Any]) -> tuple[str | None, bool]:
+    """The event's identifier (None: the core makes one), and whether it was derived from
+    the Idempotency-Key."""
+    identifier = params.get("identifier")
+    if identifier or not call.idempotency_key:
+        return identifier, False
+    seed = f"{call.key.pk}:{call.idempotency_key}".encode()
+    return "evt_" + hashlib.sha256(seed).hexdigest()[:32], True
+
+
+def _event_keep(
+    call: ApiCall,
+    digest: str,
+    params: dict[str, Any],
+    timestamp: datetime | None,
+    shape: Callable[[str, str, dict[str, Any], datetime, datetime], dict[str, Any]],
+) -> tuple[int, str] | None:
+    """Keep an event the core's precheck passes in the inbox, with its reply for the
+    Idempotency-Key; the reply, or None for the full path (the precheck's doubt, a taken
+    identifier or Idempotency-Key, a revoked key or an inactive meter)."""
+    identifier, _ = _identifier(call, params)
+    now = timezone.now()
+    prechecked = meter_event_precheck(
+        EventInput(
+            event_name=params["event_name"],
+            payload=params["payload"],
+            identifier=identifier,
+            timestamp=timestamp,
+        ),
+        now,
+    )
+    if prechecked is None:
+        return None
+    candidate = prechecked.candidate
+    meter = candidate.meter
+    reply = json_text(
+        shape(meter.event_name, candidate.identifier, candidate.payload, now, candidate.timestamp)
+    )
+    kept = meter_event_keep(
+        api_key=call.key,
+        event={
+            "event_name": candidate.meter.event_name,
+            "payload": candidate.payload,
+            "identifier": candidate.identifier,
+            "timestamp": None if timestamp is None else int(candidate.timestamp.timestamp()),
+        },
+        meter_id=candidate.meter.pk,
+        customer_ref=prechecked.customer_ref,
+        now=now,
+        reply=(call.idempotency_key, digest, 200, reply) if call.idempotency_key else None,
+    )
+    return (200, reply) if kept else None
 
 
 def _event_record(call: ApiCall, params: dict[str, Any], timestamp: datetime | None) -> MeterEvent:
-    """One event through the core (v1 and v2 alike): the stored event, or Stripe's error."""
-    identifier = params.get("identifier")
-    derived = not identifier and bool(call.idempotency_key)
-    if derived:
-        seed = f"{call.key.pk}:{call.idempotency_key}".encode()
-        identifier = "evt_" + hashlib.sha256(seed).hexdigest()[:32]
+    """One event through the core (v1 and v2 alike): the stored event, or Stripe's error. An
+    event waiting in the inbox with the same identifier is stored first, so the core finds
+    this one a duplicate or a conflict of it."""
+    identifier, derived = _identifier(call, params)
+    if identifier:
+        inbox_identifier_settle(identifier)
     with transaction.atomic():
         batch = event_batch_create(source=EventBatch.Source.API, user=call.key.user)
         report = meter_events_ingest(
@@ -361,11 +435,24 @@ V2_ADJUSTMENT = Spec(
 )
 
 
-@api_endpoint(POST=F, body="json")
-def v2_meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
-    """One event, synchronously, as v1 but in JSON with RFC 3339 times."""
+def _v2_event_params(call: ApiCall) -> tuple[dict[str, Any], datetime | None]:
     params = V2_EVENT.check(call.params)
     timestamp = rfc3339_parse(params["timestamp"], "timestamp") if "timestamp" in params else None
+    return params, timestamp
+
+
+def _v2_event_fast(call: ApiCall, digest: str) -> tuple[int, str] | None:
+    try:
+        params, timestamp = _v2_event_params(call)
+    except ApiError:
+        return None
+    return _event_keep(call, digest, params, timestamp, v2_meter_event_fields)
+
+
+@api_endpoint(POST=F, body="json", fast=_v2_event_fast)
+def v2_meter_events(request: HttpRequest, call: ApiCall) -> dict[str, Any]:
+    """One event, as v1 but in JSON with RFC 3339 times."""
+    params, timestamp = _v2_event_params(call)
     return v2_meter_event_object(_event_record(call, params, timestamp))
 
 
@@ -425,7 +512,10 @@ def v2_meter_event_stream(request: HttpRequest, call: ApiCall) -> tuple[int, dic
                 else int(rfc3339_parse(at, f"{prefix}[timestamp]").timestamp()),
             }
         )
-    stream_request_store(api_key=call.key, events=shaped, now=timezone.now())
+    try:
+        stream_request_store(api_key=call.key, events=shaped, now=timezone.now())
+    except KeyRevoked:
+        raise ApiError(401, "The session's API key is revoked.", code="api_key_invalid") from None
     return 202, {}
 
 

@@ -249,6 +249,7 @@ CELERY_BEAT_SCHEDULE["uploads-requeue-stale"] = {
 # web process); this sweep takes what a lost message left, and STREAM_DRAIN_EVENTS is how
 # many events one drain transaction hands to the core.
 CELERY_BEAT_SCHEDULE["api-stream-drain"] = {"task": "api.stream_drain", "schedule": 30.0}
+CELERY_BEAT_SCHEDULE["api-prune"] = {"task": "api.prune", "schedule": 3600.0}
 STREAM_DRAIN_EVENTS = int(os.environ.get("USAGE_STREAM_DRAIN_EVENTS", "20000"))
 CELERY_BEAT_SCHEDULE["meters-usage-days-refresh"] = {
     "task": "meters.usage_days_refresh",

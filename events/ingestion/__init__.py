@@ -30,6 +30,9 @@ Other code imports only from this package. DECISIONS, each beside the code it de
 - ``rollups``: hourly rollups, supersession of windowed meters, the "last" event.
 - ``cancellation``: cancelling events and batches; the audit trail.
 - ``batches`` and ``manual``: batches and their rejections; manual entry.
+- ``precheck``: one event checked ahead of storage against its cached meter, its customer
+  left to the caller's statement (the API's creates, which keep the event in an inbox
+  drained through ``meter_events_ingest``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from events.ingestion.batches import event_batch_create, event_rejections_record
 from events.ingestion.cancellation import event_batch_cancel, meter_event_cancel
 from events.ingestion.manual import manual_event_record
 from events.ingestion.pipeline import gc_paused, meter_events_ingest, meter_events_ingest_columns
+from events.ingestion.precheck import meter_event_precheck, precheck_caches_clear
 from events.ingestion.rules import new_identifier, value_parse
 from events.ingestion.types import (
     Code,
@@ -71,8 +75,10 @@ __all__ = [
     "gc_paused",
     "manual_event_record",
     "meter_event_cancel",
+    "meter_event_precheck",
     "meter_events_ingest",
     "meter_events_ingest_columns",
     "new_identifier",
+    "precheck_caches_clear",
     "value_parse",
 ]

@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import stripe
 
+from api.credentials import credentials_forget
 from api.services import api_key_create
+from events.ingestion import precheck_caches_clear
 from usage_portal.roles import Role
 
 
@@ -60,3 +62,13 @@ def sdk_http() -> Iterator[stripe.RequestsClient]:
     http.close()
     stripe.default_http_client = None
     stripe.api_key, stripe.api_base, stripe.meter_events_api_base = saved
+
+
+@pytest.fixture(autouse=True)
+def process_caches_cleared() -> Iterator[None]:
+    """Each test starts with no cached keys, meters or customers (the database is new)."""
+    credentials_forget()
+    precheck_caches_clear()
+    yield
+    credentials_forget()
+    precheck_caches_clear()

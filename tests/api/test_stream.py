@@ -143,7 +143,7 @@ def test_the_stream_wants_a_live_session_token(client_for, api_base, secret_for)
 
 
 @pytest.mark.worker
-def test_a_202_survives_sigkill_of_the_web_server_and_of_every_worker(
+def test_a_202_or_a_create_survives_sigkill_of_the_web_server_and_of_every_worker(
     celery_worker_factory, secret_for, sdk_http
 ) -> None:
     """The production server (gunicorn) in a process of its own: every request answered 202
@@ -177,8 +177,11 @@ def test_a_202_survives_sigkill_of_the_web_server_and_of_every_worker(
             stream.v2.billing.meter_event_stream.create(
                 {"events": events_of(100, start=number * 100)}
             )
+        creates = stripe.StripeClient(secret, **options).v1.billing.meter_events
+        for event in events_of(30, start=5000):  # a v1 200 promises as much as a 202
+            creates.create({"event_name": event["event_name"], "payload": event["payload"]})
     finally:
-        os.killpg(server.pid, signal.SIGKILL)  # straight after the last 202
+        os.killpg(server.pid, signal.SIGKILL)  # straight after the last reply
         server.wait(timeout=30)
     worker.kill()
     celery_worker_factory()
@@ -187,6 +190,6 @@ def test_a_202_survives_sigkill_of_the_web_server_and_of_every_worker(
     while StreamRequest.objects.filter(drained_at__isnull=True).exists():
         assert time.monotonic() < deadline, "the stream was not drained"
         time.sleep(0.3)
-    assert StreamRequest.objects.count() == 20
-    assert MeterEvent.objects.count() == 2000
-    assert usage_of(meter, customer) == Decimal("1.5") * 2000
+    assert StreamRequest.objects.count() == 20 + 30
+    assert MeterEvent.objects.count() == 2030
+    assert usage_of(meter, customer) == Decimal("1.5") * 2030

@@ -12,6 +12,7 @@ import stripe
 
 from api.models import ApiKey
 from api.services import api_key_revoke
+from api.stream import stream_drain
 from customers.models import Customer
 from events.models import EventBatch, MeterEvent
 from meters.models import Meter
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def usage_of(meter: Meter, customer: Customer) -> Decimal:
+    """The customer's usage once the inbox is drained (as a worker drains it)."""
+    stream_drain()
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     return meter_usage_aggregate(
         meter=meter, customer=customer, start=now - timedelta(days=2), end=now + timedelta(hours=1)
