@@ -6,7 +6,12 @@ from api import views
 
 app_name = "api"
 
-urlpatterns = [
+urlpatterns = [  # the busiest first: each call stops at its first match
+    path("v1/billing/meter_events", views.meter_events, name="meter_events"),
+    path(
+        "v2/billing/meter_event_stream", views.v2_meter_event_stream, name="v2_meter_event_stream"
+    ),
+    path("v2/billing/meter_events", views.v2_meter_events, name="v2_meter_events"),
     path("v1/billing/meters", views.meters, name="meters"),
     path("v1/billing/meters/<str:meter_id>", views.meter, name="meter"),
     path(
@@ -29,13 +34,11 @@ urlpatterns = [
         views.meter_event_error_reports,
         name="meter_event_error_reports",
     ),
-    path("v1/billing/meter_events", views.meter_events, name="meter_events"),
     path(
         "v1/billing/meter_event_adjustments",
         views.meter_event_adjustments,
         name="meter_event_adjustments",
     ),
-    path("v2/billing/meter_events", views.v2_meter_events, name="v2_meter_events"),
     path(
         "v2/billing/meter_event_adjustments",
         views.v2_meter_event_adjustments,
@@ -45,9 +48,6 @@ urlpatterns = [
         "v2/billing/meter_event_session",
         views.v2_meter_event_session,
         name="v2_meter_event_session",
-    ),
-    path(
-        "v2/billing/meter_event_stream", views.v2_meter_event_stream, name="v2_meter_event_stream"
     ),
     re_path(r"^(?P<rest>v[12](?:/.*)?)$", views.not_found, name="not_found"),
 ]

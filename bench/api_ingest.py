@@ -1,13 +1,18 @@
-"""Benchmark the API over HTTP: the production server (gunicorn, as the README's operations
-section runs it) and wrk (Debian's `wrk`, a C load generator with a Lua script) in another
-process, on PostgreSQL::
+"""Benchmark the API over HTTP: the production server (gunicorn with
+``usage_portal/gunicorn.py``, as the README's operations section runs it) and wrk (Debian's
+`wrk`, a C load generator with a Lua script) in another process, on PostgreSQL::
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/up_api_bench \\
     CELERY_BROKER_URL=redis://127.0.0.1:6379/4 \\
-        .venv/bin/python bench/api_ingest.py [--seconds 20] [--connections 16] [--web-workers 4]
+        .venv/bin/python bench/api_ingest.py [--seconds 20] [--connections 16]
 
-1. v1 meter event create, one event a request, ``--connections`` clients: events/s and the
-   latency percentiles wrk reports (p50, p90, p99).
+Each phase first runs wrk for ``--warm`` seconds, not counted (each process's first calls
+read the key and the meter and connect to the database and the broker).
+
+1. v1 meter event create, one event a request (with an Idempotency-Key, as the SDK sends),
+   ``--connections`` clients, with a Celery worker draining the inbox meanwhile: events/s
+   and the latency percentiles wrk reports (p50, p90, p99). Then the time until the worker
+   has counted them all.
 2. v2 meter event stream, 100 events a request, with no Celery worker running: events
    accepted per second (each request's events stored in the inbox before its 202).
 3. The backlog drained: a Celery worker (``--concurrency 2``) is started and timed until
@@ -42,7 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--web-workers", type=int, default=4)
+    parser.add_argument("--web-workers", type=int, default=0, help="0: the config's")
+    parser.add_argument("--warm", type=int, default=3)
     parser.add_argument("--wrk-threads", type=int, default=2)
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL", "")
@@ -67,11 +73,23 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         _wait_for(base)
         run = uuid.uuid4().hex[:8]
-        v1 = _wrk(base, "meter_events.lua", args, API_KEY=secret, API_RUN=f"v1{run}")
-        print(f"v1 meter events: {v1['rps']:,.0f} events/s, p50 {v1['50']} p90 {v1['90']} "
-              f"p99 {v1['99']}, non-2xx {v1['non2xx']}")  # fmt: skip
+        worker = _worker()
+        try:
+            _wrk(base, "meter_events.lua", args, args.warm, API_KEY=secret, API_RUN=f"w{run}")
+            v1 = _wrk(base, "meter_events.lua", args, args.seconds, API_KEY=secret,
+                      API_RUN=f"v1{run}")  # fmt: skip
+            print(f"v1 meter events: {v1['rps']:,.0f} events/s, p50 {v1['50']} p90 {v1['90']} "
+                  f"p99 {v1['99']}, non-2xx {v1['non2xx']} (a worker draining)")  # fmt: skip
+            started = time.monotonic()
+            _drained_wait()
+            print(f"v1 events all counted {time.monotonic() - started:.1f} s after wrk stopped")
+        finally:
+            _stop(worker)
         token = _session_token(base, secret)
-        v2 = _wrk(base, "meter_event_stream.lua", args, API_TOKEN=token, API_RUN=f"v2{run}")
+        _wrk(base, "meter_event_stream.lua", args, args.warm, API_TOKEN=token, API_RUN=f"x{run}")
+        _drain()  # the warm-up's backlog
+        v2 = _wrk(base, "meter_event_stream.lua", args, args.seconds, API_TOKEN=token,
+                  API_RUN=f"v2{run}")  # fmt: skip
         print(f"v2 stream accepted: {v2['rps'] * 100:,.0f} events/s ({v2['rps']:,.0f} requests/s), "
               f"p50 {v2['50']} p99 {v2['99']}, non-2xx {v2['non2xx']}")  # fmt: skip
         drained, seconds = _drain()
@@ -122,8 +140,11 @@ def _free_port() -> int:
 
 
 def _gunicorn(port: int, workers: int) -> subprocess.Popen[bytes]:
-    command = [str(ROOT / ".venv/bin/gunicorn"), "usage_portal.wsgi", "--workers", str(workers),
-               "--bind", f"127.0.0.1:{port}", "--log-level", "warning"]  # fmt: skip
+    command = [str(ROOT / ".venv/bin/gunicorn"), "-c", "python:usage_portal.gunicorn",
+               "usage_portal.wsgi", "--bind", f"127.0.0.1:{port}",
+               "--log-level", "warning"]  # fmt: skip
+    if workers:
+        command += ["--workers", str(workers)]
     return subprocess.Popen(command, cwd=ROOT, start_new_session=True)
 
 
@@ -140,9 +161,11 @@ def _wait_for(base: str) -> None:
     sys.exit("gunicorn did not start")
 
 
-def _wrk(base: str, script: str, args: argparse.Namespace, **env: str) -> dict[str, float | str]:
+def _wrk(
+    base: str, script: str, args: argparse.Namespace, seconds: int, **env: str
+) -> dict[str, float | str]:
     command = ["wrk", "--latency", "-t", str(args.wrk_threads), "-c", str(args.connections),
-               "-d", f"{args.seconds}s", "-s", str(ROOT / "bench/wrk" / script), base]  # fmt: skip
+               "-d", f"{seconds}s", "-s", str(ROOT / "bench/wrk" / script), base]  # fmt: skip
     environment = {**os.environ, "API_CUSTOMERS": str(CUSTOMERS), **env}
     out = subprocess.run(
         command, capture_output=True, text=True, env=environment, check=True
@@ -172,32 +195,49 @@ def _session_token(base: str, secret: str) -> str:
     return str(reply.json()["authentication_token"])
 
 
+def _worker() -> subprocess.Popen[bytes]:
+    from usage_portal.celery import app
+
+    app.control.purge()  # drains queued by earlier phases: the worker drains what is there
+    command = [str(ROOT / ".venv/bin/celery"), "-A", "usage_portal", "worker", "--concurrency=2",
+               "--loglevel=WARNING", "--without-gossip", "--without-mingle"]  # fmt: skip
+    worker = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+    time.sleep(3)  # connected
+    return worker
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()  # the main process only: a warm shutdown lets its pool finish
+    worker.wait(timeout=120)
+
+
+def _drained_wait() -> None:
+    from api.models import StreamRequest
+    from api.stream import DRAINS_AT_ONCE
+    from api.tasks import stream_drain_task
+
+    for _ in range(DRAINS_AT_ONCE):  # as a busy API's sends would: drains share the backlog
+        stream_drain_task.delay()
+    while StreamRequest.objects.filter(drained_at__isnull=True).exists():
+        time.sleep(0.1)
+
+
 def _drain() -> tuple[int, float]:
     """Start a worker on the inbox the stream filled; (events drained, seconds)."""
     from django.db.models import Sum
 
     from api.models import StreamRequest
-    from usage_portal.celery import app
 
-    app.control.purge()  # the drains the requests queued: the worker started below drains
+    time.sleep(1)  # the requests wrk left in flight are answered (stored) first
     pending = StreamRequest.objects.filter(drained_at__isnull=True)
     events = int(pending.aggregate(total=Sum("event_count"))["total"] or 0)
-    command = [str(ROOT / ".venv/bin/celery"), "-A", "usage_portal", "worker", "--concurrency=2",
-               "--loglevel=WARNING", "--without-gossip", "--without-mingle"]  # fmt: skip
-    worker = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+    worker = _worker()
     try:
-        from api.tasks import stream_drain_task
-
-        time.sleep(3)  # connected
         started = time.monotonic()
-        for _ in range(2):
-            stream_drain_task.delay()
-        while pending.exists():
-            time.sleep(0.1)
+        _drained_wait()
         return events, time.monotonic() - started
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=60)
+        _stop(worker)
 
 
 def _check(v1_ok: float, drained: int, run: str, connections: int) -> None:

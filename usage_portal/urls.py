@@ -7,6 +7,9 @@ from django.urls import include, path
 from usage_portal import views
 
 urlpatterns = [
+    # The API first: its paths all start with v1/ or v2/, and each call then resolves in a
+    # few matches rather than after every page's patterns.
+    path("", include("api.urls")),
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
@@ -19,7 +22,6 @@ urlpatterns = [
     path("uploads/", include("uploads.urls")),
     path("billing/", include("billing.urls")),
     path("api-keys/", include("api.key_urls")),
-    path("", include("api.urls")),
 ]
 
 handler403 = "usage_portal.views.permission_denied"

@@ -1,4 +1,5 @@
--- One v1 meter event a request, a new identifier each (wrk thread id, then a counter).
+-- One v1 meter event a request, a new identifier each (wrk thread id, then a counter), and
+-- an Idempotency-Key on each, as the official SDK sends one with every POST.
 -- Set by api_ingest.py through the environment: API_KEY, API_CUSTOMERS.
 local counter = 0
 
@@ -23,7 +24,10 @@ function request()
   local customer = string.format("cus_bench_%05d", (counter * 7919 + thread_id) % customers)
   local body = "event_name=bench_api&identifier=" .. run .. "-" .. thread_id .. "-" .. counter ..
     "&payload[stripe_customer_id]=" .. customer .. "&payload[value]=" .. (counter % 100 + 1)
-  return wrk.format(nil, "/v1/billing/meter_events", nil, body)
+  local headers = {}  -- wrk.format takes these instead of wrk.headers: copy them
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["Idempotency-Key"] = run .. "-k-" .. thread_id .. "-" .. counter
+  return wrk.format(nil, "/v1/billing/meter_events", headers, body)
 end
 
 function done(summary, latency, requests)
