@@ -10,9 +10,9 @@ Each phase first runs wrk for ``--warm`` seconds, not counted (each process's fi
 read the key and the meter and connect to the database and the broker).
 
 1. v1 meter event create, one event a request (with an Idempotency-Key, as the SDK sends),
-   ``--connections`` clients, with a Celery worker draining the inbox meanwhile: events/s
-   and the latency percentiles wrk reports (p50, p90, p99). Then the time until the worker
-   has counted them all.
+   ``--connections`` clients: events/s and the latency percentiles wrk reports (p50, p90,
+   p99), first with no worker running (the inbox fills), then with a Celery worker draining
+   the inbox meanwhile on the same cores; then the time until the worker has counted all.
 2. v2 meter event stream, 100 events a request, with no Celery worker running: events
    accepted per second (each request's events stored in the inbox before its 202).
 3. The backlog drained: a Celery worker (``--concurrency 2``) is started and timed until
@@ -73,9 +73,14 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         _wait_for(base)
         run = uuid.uuid4().hex[:8]
+        _wrk(base, "meter_events.lua", args, args.warm, API_KEY=secret, API_RUN=f"w{run}")
+        alone = _wrk(base, "meter_events.lua", args, args.seconds, API_KEY=secret,
+                     API_RUN=f"v1{run}a")  # fmt: skip
+        print(f"v1 meter events, no worker: {alone['rps']:,.0f} events/s, p50 {alone['50']} "
+              f"p90 {alone['90']} p99 {alone['99']}, non-2xx {alone['non2xx']}")  # fmt: skip
         worker = _worker()
         try:
-            _wrk(base, "meter_events.lua", args, args.warm, API_KEY=secret, API_RUN=f"w{run}")
+            _drained_wait()  # the backlog so far
             v1 = _wrk(base, "meter_events.lua", args, args.seconds, API_KEY=secret,
                       API_RUN=f"v1{run}")  # fmt: skip
             print(f"v1 meter events: {v1['rps']:,.0f} events/s, p50 {v1['50']} p90 {v1['90']} "
@@ -95,7 +100,7 @@ def main() -> None:
         drained, seconds = _drain()
         print(f"v2 stream drained: {drained:,} events in {seconds:.1f} s = "
               f"{drained / seconds:,.0f} events/s")  # fmt: skip
-        _check(float(v1["ok"]), drained, run, args.connections)
+        _check(float(v1["ok"]) + float(alone["ok"]), drained, run, 2 * args.connections)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -246,7 +251,7 @@ def _check(v1_ok: float, drained: int, run: str, connections: int) -> None:
     stopped (wrk does not count those)."""
     from events.models import MeterEvent
 
-    v1 = MeterEvent.objects.filter(identifier__startswith=f"v1{run}-").count()
+    v1 = MeterEvent.objects.filter(identifier__startswith=f"v1{run}").count()
     v2 = MeterEvent.objects.filter(identifier__startswith=f"v2{run}-").count()
     print(f"events stored: v1 {v1:,} (answered 2xx: {int(v1_ok):,}), stream {v2:,} "
           f"(accepted: {drained:,})")  # fmt: skip
