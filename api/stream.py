@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from psycopg.errors import DivisionByZero
@@ -158,12 +158,15 @@ def _pg_keep(
     connection.ensure_connection()
     try:
         # The driver's own cursor (Django's binds parameters on the client): parameters bound
-        # by the server, the statement prepared once per connection.
-        with psycopg.Cursor(connection.connection) as cursor:
+        # by the server, the statement prepared once per connection. Its errors pass through
+        # Django's wrapper, which marks a broken connection for closing, as for any query.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(sql, params, prepare=True)
             found = cursor.fetchone()
-    except DivisionByZero:  # nothing kept
-        return False
+    except DataError as error:
+        if isinstance(error.__cause__, DivisionByZero):  # nothing kept
+            return False
+        raise
     return found is not None and bool(found[0])
 
 

@@ -145,3 +145,18 @@ def test_drained_rows_and_old_replies_are_pruned(client_for) -> None:
     kept = IdempotentReply.objects.filter(key__startswith="p-").values_list("key", flat=True)
     assert sorted(kept) == ["p-1", "p-2"]  # (the SDK sends a key of its own with the others)
     assert MeterEvent.objects.count() == 4
+
+
+def test_an_idempotency_key_used_with_another_identifier_keeps_nothing(client_for) -> None:
+    """The row and the key's reply are kept together or not at all (PostgreSQL: one
+    statement that fails when the reply could not be kept)."""
+    meter = MeterFactory.create(event_name="tokens")
+    CustomerFactory.create(external_id="cus_in")
+    events = client_for(Role.FINANCE).v1.billing.meter_events
+    events.create(body(identifier="first"), {"idempotency_key": "same-key"})
+    with pytest.raises(stripe.IdempotencyError) as raised:
+        events.create(body(identifier="second"), {"idempotency_key": "same-key"})
+    assert raised.value.http_status == 400
+    assert list(StreamRequest.objects.values_list("identifier", flat=True)) == ["first"]
+    stream_drain()
+    assert usage_of(meter, "cus_in") == 5
