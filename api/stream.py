@@ -25,7 +25,7 @@ import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from django.conf import settings
@@ -333,8 +333,8 @@ def inbox_identifier_settle(identifier: str) -> None:
     with transaction.atomic():
         waiting = StreamRequest.objects.filter(identifier=identifier, drained_at__isnull=True)
         if connection.vendor == "postgresql":
-            waiting = waiting.select_for_update(of=("self",))
-        taken = list(waiting.select_related("api_key__user"))
+            waiting = waiting.select_for_update()
+        taken = [_Taken(*row) for row in waiting.values_list(*_Taken._fields)]
         if taken:
             _requests_drain(taken)
 
@@ -345,16 +345,27 @@ def inbox_prune(*, now: datetime) -> int:
     return rows_prune(StreamRequest, "received_at", cutoff, Q(drained_at__lt=cutoff))
 
 
-def _requests_drain(taken: list[StreamRequest]) -> int:
+class _Taken(NamedTuple):
+    """An inbox row being drained (read as values: a drain takes thousands)."""
+
+    pk: int
+    api_key_id: int
+    received_at: datetime
+    events: str
+    event_count: int
+
+
+def _requests_drain(taken: list[_Taken]) -> int:
     """Store ``taken``'s events through the core (one batch per key) and mark them drained,
     in the caller's transaction; how many events."""
-    by_key: dict[int, list[StreamRequest]] = defaultdict(list)
+    by_key: dict[int, list[_Taken]] = defaultdict(list)
     for request in taken:
         by_key[request.api_key_id].append(request)
+    keys = ApiKey.objects.select_related("user").in_bulk(list(by_key))
     now = timezone.now()
     drained = 0
-    for requests in by_key.values():
-        batch = event_batch_create(source=EventBatch.Source.API, user=requests[0].api_key.user)
+    for key_id, requests in by_key.items():
+        batch = event_batch_create(source=EventBatch.Source.API, user=keys[key_id].user)
         timed, untimed = _split(requests)
         if timed:
             meter_events_ingest_columns(columns=_columns(timed), batch=batch, now=now)
@@ -370,15 +381,16 @@ def _requests_drain(taken: list[StreamRequest]) -> int:
     return drained
 
 
-def _take(limit: int) -> list[StreamRequest]:
+def _take(limit: int) -> list[_Taken]:
     """The oldest undrained requests, up to ``limit`` events, locked (skipping those another
     drain holds, on PostgreSQL)."""
     undrained = StreamRequest.objects.filter(drained_at__isnull=True).order_by("id")
     if connection.vendor == "postgresql":
-        undrained = undrained.select_for_update(skip_locked=True, of=("self",))
-    taken: list[StreamRequest] = []
+        undrained = undrained.select_for_update(skip_locked=True)
+    taken: list[_Taken] = []
     events = 0
-    for request in undrained.select_related("api_key__user")[: max(1, limit // 10)]:
+    for row in undrained.values_list(*_Taken._fields)[: max(1, limit // 10)]:
+        request = _Taken(*row)
         if taken and events + request.event_count > limit:
             break
         taken.append(request)
@@ -387,7 +399,7 @@ def _take(limit: int) -> list[StreamRequest]:
 
 
 def _split(
-    requests: list[StreamRequest],
+    requests: list[_Taken],
 ) -> tuple[list[dict[str, Any]], dict[datetime, list[EventInput]]]:
     """The events with a timestamp (for the columnar core), and those without by the second
     they were received in (each second one call of the per-event core)."""
