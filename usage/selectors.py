@@ -524,6 +524,49 @@ class RejectionCount:
     sample: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class UnknownEventName:
+    """Events refused because no meter has their event name: how many, when the latest came,
+    who sent it (a staff member or an API key's user, ``api:<name>``) and the event."""
+
+    event_name: str
+    count: int
+    last_at: dt.datetime
+    sender: str
+    sample: dict[str, Any]
+
+
+def unknown_event_names(*, since: dt.datetime, limit: int = 20) -> list[UnknownEventName]:
+    """The event names no meter has that events were sent with since ``since`` (from any
+    source; validate-only uploads excluded), most frequent first: no meter's page can show
+    them, and an API stream's sender learns of them only here."""
+    rows = list(
+        EventRejection.objects.filter(
+            meter__isnull=True, code="no_meter", created__gte=since, batch__dry_run=False
+        )
+        .values("event_name")
+        .annotate(count=models.Count("id"), latest=models.Max("id"))
+        .order_by("-count", "event_name")[:limit]
+    )
+    latest = EventRejection.objects.select_related("batch__user").in_bulk(
+        [row["latest"] for row in rows]
+    )
+    names = []
+    for row in rows:
+        sample = latest[row["latest"]]
+        user = sample.batch.user
+        names.append(
+            UnknownEventName(
+                event_name=row["event_name"],
+                count=row["count"],
+                last_at=sample.created,
+                sender=user.username if user is not None else "",
+                sample=sample.raw,
+            )
+        )
+    return names
+
+
 def meter_rejections_by_code(
     *, meter: Meter, since: dt.datetime, until: dt.datetime | None = None
 ) -> list[RejectionCount]:

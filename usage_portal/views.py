@@ -17,7 +17,7 @@ def home(request: HttpRequest) -> HttpResponse:
     every app (it gathers their figures), which the import-linter contract allows for."""
     from alerts.selectors import alerts_fired_since
     from uploads.models import Upload
-    from usage.selectors import dashboard_figures
+    from usage.selectors import dashboard_figures, unknown_event_names
 
     now = timezone.now()
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -28,6 +28,7 @@ def home(request: HttpRequest) -> HttpResponse:
         "uploads_failed": Upload.objects.filter(
             status=Upload.Status.FAILED, created__gte=now - timedelta(days=7)
         ).count(),
+        "unknown_event_names": unknown_event_names(since=now - timedelta(hours=24)),
     }
     return render(request, "home.html", context)
 

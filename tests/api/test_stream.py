@@ -89,6 +89,22 @@ def test_streamed_events_are_stored_at_once_and_recorded_once(
     assert b"payload[stripe_customer_id]=cus_nobody" in page.content
 
 
+def test_streamed_events_naming_no_meter_are_shown_on_the_home_page(
+    client_for, api_base, support_client
+) -> None:
+    """No meter's page can list them: the dashboard does, with who sent them."""
+    CustomerFactory.create(external_id="cus_st")
+    stream = stream_client(client_for, api_base).v2.billing.meter_event_stream
+    typo = [{**event, "event_name": "<b>tokenz</b>"} for event in events_of(4)]
+    stream.create({"events": typo})
+    stream_drain()
+    page = support_client.get("/")
+    assert page.status_code == 200
+    section = page.content.decode().split('id="unknown-event-names"')[1].split("</section>")[0]
+    assert "&lt;b&gt;tokenz&lt;/b&gt;" in section and "<b>tokenz" not in section
+    assert ">4<" in section and "api:finance-key-" in section
+
+
 @pytest.mark.worker
 def test_a_worker_drains_the_stream_and_a_worker_killed_before_loses_nothing(
     client_for, api_base, celery_worker_factory
