@@ -240,13 +240,17 @@ def _event_keep(
     reply = json_text(
         shape(meter.event_name, candidate.identifier, candidate.payload, now, candidate.timestamp)
     )
+    # Kept with its timestamp even when none was sent (the second it came, as the reply
+    # says), so the drain takes it set-based with the rest. The per-event rule for an
+    # identifier sent again without a timestamp (a duplicate whenever it comes) is applied to
+    # the one sent again: its identifier is taken, so it takes the full path.
     kept = meter_event_keep(
         api_key=call.key,
         event={
             "event_name": candidate.meter.event_name,
             "payload": candidate.payload,
             "identifier": candidate.identifier,
-            "timestamp": None if timestamp is None else int(candidate.timestamp.timestamp()),
+            "timestamp": int(candidate.timestamp.timestamp()),
         },
         meter_id=candidate.meter.pk,
         customer_ref=prechecked.customer_ref,
