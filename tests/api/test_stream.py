@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -95,7 +96,7 @@ def test_streamed_events_naming_no_meter_are_shown_on_the_home_page(
     """No meter's page can list them: the dashboard does, with who sent them."""
     CustomerFactory.create(external_id="cus_st")
     stream = stream_client(client_for, api_base).v2.billing.meter_event_stream
-    typo = [{**event, "event_name": "<b>tokenz</b>"} for event in events_of(4)]
+    typo: list[Any] = [{**event, "event_name": "<b>tokenz</b>"} for event in events_of(4)]
     stream.create({"events": typo})
     stream_drain()
     page = support_client.get("/")
