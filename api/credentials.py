@@ -1,8 +1,10 @@
 """This process's readings of API keys and meter event sessions, by secret digest.
 
-The endpoint reads a key (or session) again after ``KEY_CACHE_SECONDS``. Writes check in
-their own statement that the key is not revoked, so a revoked key records nothing from the
-moment it is revoked; a revoke in this process forgets every reading at once.
+The endpoint reads a key (or session) again after ``KEY_CACHE_SECONDS``. Every write checks
+that the key is not revoked nor its user deactivated: the inbox's in its own statement,
+every other POST by a query first. So a revoked key changes nothing from the moment it is
+revoked; its reads (and a lowered role) may go on for up to ``KEY_CACHE_SECONDS`` in other
+processes. A revoke in this process forgets every reading at once.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ at once; one the precheck doubts takes the core's full path in the request.
 Workers (``stream_drain``) take the oldest undrained requests, up to
 ``STREAM_DRAIN_EVENTS`` events at a time, hand those with a timestamp to
 ``meter_events_ingest_columns`` (one batch per key, as a file's chunk) and those without to
-``meter_events_ingest`` with the second they were received as "now" (so an identifier sent
-again without a timestamp is a duplicate, as on every path), and mark the requests drained
+``meter_events_ingest``, each with the second they were received as "now" (their accepted
+window is the one of their receipt; an identifier sent again without a timestamp is a
+duplicate, as on every path), and mark the requests drained
 in the same transaction: a worker that dies mid-drain leaves them undrained, and the next
 drain stores them once. Events whose content fails validation (unknown customer, timestamp
 out of range ...) are recorded as the core records any rejection, with the batch: the
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import DataError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -101,10 +103,14 @@ def _inbox_row(
     identifier: str | None,
     one: tuple[int, str] | None,
 ) -> tuple[str, list[Any]]:
-    """The SELECT of one inbox row, if the key is not revoked (and, for one event, if its
+    """The SELECT of one inbox row, if the key is not revoked nor its user deactivated (and,
+    for one event, if its
     meter (``one``: its id and customer reference) is active, its customer exists and its
     identifier is not stored), and its parameters."""
-    conditions = [f"EXISTS (SELECT 1 FROM {_KEYS} WHERE id = %s AND revoked_at IS NULL)"]
+    conditions = [
+        f"EXISTS (SELECT 1 FROM {_KEYS} k JOIN {_USERS} u ON u.id = k.user_id "
+        "WHERE k.id = %s AND k.revoked_at IS NULL AND u.is_active)"
+    ]
     at = connection.ops.adapt_datetimefield_value(now)
     params: list[Any] = [api_key.pk, at, events, count, identifier, api_key.pk]
     if one is not None:
@@ -211,6 +217,7 @@ def _inbox_insert(
 
 _INBOX = StreamRequest._meta.db_table
 _KEYS = ApiKey._meta.db_table
+_USERS = User._meta.db_table
 _REPLIES = IdempotentReply._meta.db_table
 _EVENTS = MeterEvent._meta.db_table
 _METERS = Meter._meta.db_table
@@ -367,8 +374,10 @@ def _requests_drain(taken: list[_Taken]) -> int:
     for key_id, requests in by_key.items():
         batch = event_batch_create(source=EventBatch.Source.API, user=keys[key_id].user)
         timed, untimed = _split(requests)
-        if timed:
-            meter_events_ingest_columns(columns=_columns(timed), batch=batch, now=now)
+        for received, chunk in timed.items():
+            # Checked against the accepted window of the second they came, as the reply
+            # promised (a drain late by a worker's outage refuses nothing that was in it).
+            meter_events_ingest_columns(columns=_columns(chunk), batch=batch, now=received)
         for received, events in untimed.items():
             # No timestamp: the receipt time (to the second, as the core keeps it), and an
             # identifier sent again without one is a duplicate whenever it comes (the core's
@@ -400,10 +409,10 @@ def _take(limit: int) -> list[_Taken]:
 
 def _split(
     requests: list[_Taken],
-) -> tuple[list[dict[str, Any]], dict[datetime, list[EventInput]]]:
-    """The events with a timestamp (for the columnar core), and those without by the second
-    they were received in (each second one call of the per-event core)."""
-    timed: list[dict[str, Any]] = []
+) -> tuple[dict[datetime, list[dict[str, Any]]], dict[datetime, list[EventInput]]]:
+    """By the second they were received in: the events with a timestamp (each second one
+    call of the columnar core), and those without (one call of the per-event core)."""
+    timed: dict[datetime, list[dict[str, Any]]] = defaultdict(list)
     untimed: dict[datetime, list[EventInput]] = defaultdict(list)
     for request in requests:
         received = request.received_at.replace(microsecond=0)
@@ -417,7 +426,7 @@ def _split(
                     )
                 )
             else:
-                timed.append(event)
+                timed[received].append(event)
     return timed, untimed
 
 

@@ -523,6 +523,12 @@ class RejectionCount:
     message: str = ""
     sample: dict[str, Any] | None = None
 
+    @property
+    def sample_pairs(self) -> list[tuple[str, Any]]:
+        """The sample's fields for a template (whose ``.items`` would find a field named
+        "items" first)."""
+        return list((self.sample or {}).items())
+
 
 @dataclass(frozen=True, slots=True)
 class UnknownEventName:
@@ -534,6 +540,10 @@ class UnknownEventName:
     last_at: dt.datetime
     sender: str
     sample: dict[str, Any]
+
+    @property
+    def sample_pairs(self) -> list[tuple[str, Any]]:
+        return list(self.sample.items())
 
 
 def unknown_event_names(*, since: dt.datetime, limit: int = 20) -> list[UnknownEventName]:

@@ -49,3 +49,9 @@ def test_a_page_path_still_goes_through_the_pages_middleware() -> None:
     status, headers, _ = call("/customers/")
     assert status.startswith("302") and "/login/" in headers["Location"]
     assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_an_api_call_for_a_host_not_served_is_refused() -> None:
+    status, _, body = call("/v1/billing/meters", headers={"HTTP_HOST": "evil.example"})
+    assert status.startswith("400")
+    assert json.loads(body)["error"]["code"] == "invalid_host"

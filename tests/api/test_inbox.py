@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 import stripe
+import time_machine
 from django.contrib.auth.models import User
 from django.utils import timezone
 
@@ -160,3 +161,41 @@ def test_an_idempotency_key_used_with_another_identifier_keeps_nothing(client_fo
     assert list(StreamRequest.objects.values_list("identifier", flat=True)) == ["first"]
     stream_drain()
     assert usage_of(meter, "cus_in") == 5
+
+
+def test_an_event_answered_inside_the_window_counts_however_late_it_is_drained(
+    client_for,
+) -> None:
+    """The accepted window is the one of its receipt: a worker that was down for a while
+    refuses nothing it answered 200 for."""
+    meter = MeterFactory.create(event_name="tokens")
+    CustomerFactory.create(external_id="cus_in")
+    almost_too_old = int(
+        (datetime.now(UTC) - timedelta(days=35) + timedelta(seconds=30)).timestamp()
+    )
+    client_for(Role.FINANCE).v1.billing.meter_events.create(
+        body(identifier="late", timestamp=almost_too_old)
+    )
+    with time_machine.travel(datetime.now(UTC) + timedelta(hours=2)):
+        stream_drain()
+    assert MeterEvent.objects.filter(identifier="late").exists()
+    assert Decimal(MeterEvent.objects.get(identifier="late").value) == 5
+    assert meter.pk == MeterEvent.objects.get(identifier="late").meter_id
+
+
+def test_other_writes_refuse_a_key_revoked_by_another_process_at_once(client_for) -> None:
+    client = client_for(Role.ADMIN)
+    client.v1.billing.meters.list()  # this process now trusts the key for a while
+    key = ApiKey.objects.get()
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    with pytest.raises(stripe.AuthenticationError):
+        client.v1.billing.meters.create(
+            {
+                "display_name": "Late",
+                "event_name": "late",
+                "default_aggregation": {"formula": "sum"},
+            }
+        )
+    assert not Meter.objects.filter(event_name="late").exists()
+    with pytest.raises(stripe.AuthenticationError):
+        client.v2.billing.meter_event_session.create()
