@@ -98,22 +98,6 @@ def api_key_used(*, api_key: ApiKey, now: datetime) -> None:
         api_key.last_used_at = now
 
 
-def idempotent_reply_store(
-    *, api_key: ApiKey, key: str, request_digest: str, status: int, body: str
-) -> None:
-    """Keep a reply for its key. A concurrent request with the same key that stored first
-    wins; this one's reply is then not kept (the client got it, and a retry replays the
-    first)."""
-    IdempotentReply.objects.bulk_create(
-        [
-            IdempotentReply(
-                api_key=api_key, key=key, request_digest=request_digest, status=status, body=body
-            )
-        ],
-        ignore_conflicts=True,
-    )
-
-
 IDEMPOTENCY_KEEP = timedelta(hours=48)  # Stripe keeps keys 24 hours; twice that here
 _PRUNE_CHUNK = 20_000
 

@@ -63,9 +63,11 @@ class KeyRevoked(Exception):
 def stream_request_store(*, api_key: ApiKey, events: list[dict[str, Any]], now: datetime) -> None:
     """Keep a stream request's events (one INSERT, refused if the key was revoked
     meanwhile: ``KeyRevoked``) and make sure a drain follows."""
-    kept = _inbox_insert(api_key, now, json.dumps(events), len(events), None)
-    if not kept:
-        raise KeyRevoked
+    params = _row_params(api_key, now, json.dumps(events), len(events), None)
+    with connection.cursor() as cursor:
+        cursor.execute(_KEEP_REQUEST, params)
+        if cursor.fetchone() is None:
+            raise KeyRevoked
     inbox_drain_soon()
 
 
@@ -84,60 +86,63 @@ def meter_event_keep(
     meter is no longer active, the customer is not found, the key was revoked or the
     Idempotency-Key was used: the caller then takes the full path, which tells those cases
     apart."""
-    one = (meter_id, customer_ref)
-    row = _inbox_row(api_key, now, json.dumps([event]), 1, event["identifier"], one)
-    if connection.vendor == "postgresql":
-        kept = _pg_keep(row, reply, api_key, now)
-    else:
-        kept = _keep(row, reply, api_key, now)
+    identifier = event["identifier"]
+    params = _row_params(api_key, now, json.dumps([event]), 1, identifier)
+    params += [meter_id, customer_ref, identifier]
+    reply_params = None
+    if reply is not None:
+        reply_params = [api_key.pk, *reply, connection.ops.adapt_datetimefield_value(now)]
+    if connection.vendor == "postgresql" and connection.get_autocommit():
+        kept = _pg_keep(params, reply_params)
+    else:  # SQLite, or inside a transaction already
+        kept = _keep(params, reply_params)
     if kept:
         inbox_drain_soon()
     return kept
 
 
-def _inbox_row(
-    api_key: ApiKey,
-    now: datetime,
-    events: str,
-    count: int,
-    identifier: str | None,
-    one: tuple[int, str] | None,
-) -> tuple[str, list[Any]]:
-    """The SELECT of one inbox row, if the key is not revoked nor its user deactivated (and,
-    for one event, if its
-    meter (``one``: its id and customer reference) is active, its customer exists and its
-    identifier is not stored), and its parameters."""
-    conditions = [
-        f"EXISTS (SELECT 1 FROM {_KEYS} k JOIN {_USERS} u ON u.id = k.user_id "
-        "WHERE k.id = %s AND k.revoked_at IS NULL AND u.is_active)"
-    ]
+def _row_params(
+    api_key: ApiKey, now: datetime, events: str, count: int, identifier: str | None
+) -> list[Any]:
     at = connection.ops.adapt_datetimefield_value(now)
-    params: list[Any] = [api_key.pk, at, events, count, identifier, api_key.pk]
-    if one is not None:
-        conditions.append(f"EXISTS (SELECT 1 FROM {_METERS} WHERE id = %s AND status = 'active')")
-        conditions.append(f"EXISTS (SELECT 1 FROM {_CUSTOMERS} WHERE external_id = %s)")
-        conditions.append(f"NOT EXISTS (SELECT 1 FROM {_EVENTS} WHERE identifier = %s)")
-        params += [*one, identifier]
-    select = f"SELECT %s, %s, %s, %s, %s WHERE {' AND '.join(conditions)}"
-    return select, params
+    return [api_key.pk, at, events, count, identifier, api_key.pk]
 
 
+_INBOX = StreamRequest._meta.db_table
+_REPLIES = IdempotentReply._meta.db_table
+
+# One inbox row, if the key is not revoked nor its user deactivated; for one event, also if
+# its meter is active, its customer exists and its identifier is not stored (the inbox's
+# unique index covers the waiting ones). Built once: the texts are the prepared statements'.
+_KEY_LIVE = (
+    f"EXISTS (SELECT 1 FROM {ApiKey._meta.db_table} k JOIN {User._meta.db_table} u "
+    "ON u.id = k.user_id WHERE k.id = %s AND k.revoked_at IS NULL AND u.is_active)"
+)
+_ONE_EVENT = (
+    f" AND EXISTS (SELECT 1 FROM {Meter._meta.db_table} WHERE id = %s AND status = 'active')"
+    f" AND EXISTS (SELECT 1 FROM {Customer._meta.db_table} WHERE external_id = %s)"
+    f" AND NOT EXISTS (SELECT 1 FROM {MeterEvent._meta.db_table} WHERE identifier = %s)"
+)
 _INSERT = (
-    "INSERT INTO {inbox} (api_key_id, received_at, events, event_count, identifier) {select} "
+    f"INSERT INTO {_INBOX} (api_key_id, received_at, events, event_count, identifier) "
+    "SELECT %s, %s, %s, %s, %s WHERE {conditions} "
     "ON CONFLICT (identifier) WHERE identifier IS NOT NULL DO NOTHING RETURNING id"
 )
+_KEEP_REQUEST = _INSERT.format(conditions=_KEY_LIVE)
+_KEEP_EVENT = _INSERT.format(conditions=_KEY_LIVE + _ONE_EVENT)
+_REPLY_INTO = f"INSERT INTO {_REPLIES} (api_key_id, key, request_digest, status, body, created)"
 _REPLY = (
-    "INSERT INTO {replies} (api_key_id, key, request_digest, status, body, created) "
-    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING id"
+    f"{_REPLY_INTO} VALUES (%s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (api_key_id, key) DO NOTHING RETURNING id"
 )
 # PostgreSQL: the row and the reply in one statement (one round trip, its own transaction).
 # The reply is written only if the row was; a row whose reply was not (its Idempotency-Key
 # was used before, with other parameters, since the same ones give the same identifier)
 # fails the statement by a division by zero, which undoes both.
-_PG_KEEP = """
-WITH kept AS ({insert}),
+_PG_KEEP_WITH_REPLY = f"""
+WITH kept AS ({_KEEP_EVENT}),
 replied AS (
-    INSERT INTO {replies} (api_key_id, key, request_digest, status, body, created)
+    {_REPLY_INTO}
     SELECT %s, %s, %s, %s, %s, %s FROM kept
     ON CONFLICT (api_key_id, key) DO NOTHING RETURNING id
 )
@@ -146,28 +151,17 @@ SELECT (SELECT count(*) FROM kept)
 """
 
 
-def _pg_keep(
-    row: tuple[str, list[Any]],
-    reply: tuple[str, str, int, str] | None,
-    api_key: ApiKey,
-    now: datetime,
-) -> bool:
-    select, params = row
-    insert = _INSERT.format(inbox=_INBOX, select=select)
-    if reply is None:
-        sql = insert
-    else:
-        sql = _PG_KEEP.format(insert=insert, replies=_REPLIES)
-        params = [*params, api_key.pk, *reply, now]
-    if not connection.get_autocommit():  # inside a transaction: a savepoint's worth
-        return _keep(row, reply, api_key, now)
+def _pg_keep(params: list[Any], reply_params: list[Any] | None) -> bool:
+    sql, every = _KEEP_EVENT, params
+    if reply_params is not None:
+        sql, every = _PG_KEEP_WITH_REPLY, params + reply_params
     connection.ensure_connection()
     try:
         # The driver's own cursor (Django's binds parameters on the client): parameters bound
         # by the server, the statement prepared once per connection. Its errors pass through
         # Django's wrapper, which marks a broken connection for closing, as for any query.
         with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, params, prepare=True)
+            cursor.execute(sql, every, prepare=True)
             found = cursor.fetchone()
     except DataError as error:
         if isinstance(error.__cause__, DivisionByZero):  # nothing kept
@@ -176,24 +170,14 @@ def _pg_keep(
     return found is not None and bool(found[0])
 
 
-def _keep(
-    row: tuple[str, list[Any]],
-    reply: tuple[str, str, int, str] | None,
-    api_key: ApiKey,
-    now: datetime,
-) -> bool:
-    select, params = row
+def _keep(params: list[Any], reply_params: list[Any] | None) -> bool:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_INSERT.format(inbox=_INBOX, select=select), params)
+            cursor.execute(_KEEP_EVENT, params)
             if cursor.fetchone() is None:
                 raise _NotKept
-            if reply is not None:
-                key, digest, status, body = reply
-                at = connection.ops.adapt_datetimefield_value(now)
-                cursor.execute(
-                    _REPLY.format(replies=_REPLIES), [api_key.pk, key, digest, status, body, at]
-                )
+            if reply_params is not None:
+                cursor.execute(_REPLY, reply_params)
                 if cursor.fetchone() is None:
                     raise _NotKept
     except _NotKept:
@@ -203,25 +187,6 @@ def _keep(
 
 class _NotKept(Exception):
     pass
-
-
-def _inbox_insert(
-    api_key: ApiKey, now: datetime, events: str, count: int, identifier: str | None
-) -> bool:
-    """One inbox row for a stream request, unless the key was revoked: one statement."""
-    select, params = _inbox_row(api_key, now, events, count, identifier, None)
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT.format(inbox=_INBOX, select=select), params)
-        return cursor.fetchone() is not None
-
-
-_INBOX = StreamRequest._meta.db_table
-_KEYS = ApiKey._meta.db_table
-_USERS = User._meta.db_table
-_REPLIES = IdempotentReply._meta.db_table
-_EVENTS = MeterEvent._meta.db_table
-_METERS = Meter._meta.db_table
-_CUSTOMERS = Customer._meta.db_table
 
 
 def inbox_drain_soon() -> None:
