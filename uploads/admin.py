@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from uploads.models import Upload, UploadDuplicates
+from uploads.models import S3Connector, S3Object, Upload, UploadDuplicates
 from usage_portal.admin import ReadOnlyAdmin
 
 
@@ -37,3 +37,21 @@ class UploadDuplicatesAdmin(ReadOnlyAdmin):
 
     list_display = ("upload", "start", "rows")
     raw_id_fields = ("upload",)
+
+
+@admin.register(S3Connector)
+class S3ConnectorAdmin(ReadOnlyAdmin):
+    """Managed on the connectors' pages (the secret is encrypted and never shown)."""
+
+    list_display = ("name", "bucket", "prefix", "region", "endpoint_url", "paused_at")
+    exclude = ("secret_encrypted",)
+
+
+@admin.register(S3Object)
+class S3ObjectAdmin(ReadOnlyAdmin):
+    """Written only by the connectors' polls and downloads."""
+
+    list_display = ("connector", "key", "etag", "state", "upload", "found_at")
+    list_filter = ("state",)
+    search_fields = ("key",)
+    raw_id_fields = ("connector", "upload")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from uploads.models import Upload
+from usage_portal.forms import PortalForm
 
 
 class UploadForm(forms.Form):
@@ -41,3 +42,39 @@ class ErrorFilterForm(forms.Form):
     code = forms.CharField(required=False, max_length=64)
     page = forms.IntegerField(required=False, min_value=1)
     duplicates_page = forms.IntegerField(required=False, min_value=1)
+
+
+class ConnectorForm(PortalForm):
+    """An S3 connector's fields; the service checks them (``uploads.connectors``)."""
+
+    name = forms.CharField(max_length=100, help_text="Shown on its files' uploads, e.g. 'exports'.")
+    bucket = forms.CharField(max_length=63)
+    key_prefix = forms.CharField(  # "prefix" is a form's own attribute
+        label="Prefix",
+        max_length=512,
+        required=False,
+        help_text="Only keys starting with this are imported (e.g. 'usage/'); empty: the whole "
+        "bucket. Error files are written under <prefix>errors/.",
+    )
+    region = forms.CharField(max_length=32, initial="us-east-1")
+    endpoint_url = forms.CharField(
+        label="Endpoint URL",
+        max_length=500,
+        required=False,
+        help_text="Only for an S3-compatible store (MinIO, Ceph), e.g. https://minio.example.com. "
+        "Empty: Amazon S3.",
+    )
+    access_key_id = forms.CharField(
+        label="Access key ID",
+        max_length=128,
+        required=False,
+        help_text="Empty: the workers' default AWS credentials (an instance role).",
+    )
+    secret_access_key = forms.CharField(
+        label="Secret access key",
+        max_length=256,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted and never shown again.",
+    )

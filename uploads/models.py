@@ -1,7 +1,10 @@
-"""CSV usage uploads: the stored file, its processing state and its outcome.
+"""Usage files: the stored file, its processing state and its outcome; and the S3
+connectors that find such files in a bucket.
 
 An ``Upload`` owns one ``meters.EventBatch``; every event it brings in (and every row it
 refuses, as an ``EventRejection``) hangs off that batch, so ``batch.upload`` leads back here.
+A file a connector finds (``S3Object``) becomes an ``Upload`` once downloaded, so it gets
+what a browser upload gets: chunked, resumable import, progress, the error file, revert.
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ class Upload(models.Model):
             "a corrected copy of an earlier file: don't count rows already imported",
         )
 
+    class Format(models.TextChoices):
+        """How the file's events are written (a browser upload is always CSV)."""
+
+        CSV = "csv", "CSV"
+        JSONL = "jsonl", "JSON lines"
+        JSON = "json", "JSON array"
+
     ACTIVE_STATUSES = (Status.QUEUED, Status.VALIDATING, Status.IMPORTING)
     RUNNING_STATUSES = (Status.VALIDATING, Status.IMPORTING)
     FINISHED_STATUSES = (
@@ -60,6 +70,7 @@ class Upload(models.Model):
     )
     created = models.DateTimeField(auto_now_add=True)
     validate_only = models.BooleanField(default=False)
+    file_format = models.CharField(max_length=8, choices=Format.choices, default=Format.CSV)
     # New usage: each such row gets an identifier of this upload and its line, so identical
     # rows all count (Stripe counts every event sent without an identifier). A corrected
     # copy: an identifier derived from the row's content and its rank among identical rows
@@ -306,3 +317,124 @@ class UploadDuplicates(models.Model):
             json.loads(self.identifiers) if self.identifiers_json else self.identifiers.split("\n")
         )
         return list(zip(lines, identifiers, strict=True))
+
+
+class S3Connector(models.Model):
+    """A bucket (and prefix) the portal polls for usage files (Stripe's S3 import).
+
+    Its files are imported as the connector's own user, ``s3:<name>``, so every event and
+    upload it brings in says where it came from, as an API key's do.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    bucket = models.CharField(max_length=63)
+    prefix = models.CharField(max_length=512, blank=True)
+    region = models.CharField(max_length=32, default="us-east-1")
+    # For S3-compatible stores (MinIO, Ceph); empty: Amazon S3 itself.
+    endpoint_url = models.URLField(max_length=500, blank=True)
+    # Empty: the default AWS credential chain (an instance role, the environment).
+    access_key_id = models.CharField(max_length=128, blank=True)
+    secret_encrypted = models.TextField(blank=True)  # Fernet, see usage_portal.secrets
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="s3_connector"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    paused_at = models.DateTimeField(null=True, blank=True)
+    # Set when the store refused the credentials: polling stops until they are changed (or a
+    # test or "Sync now" succeeds), rather than failing every five minutes.
+    credentials_problem = models.TextField(blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    last_sync_problem = models.TextField(blank=True)  # the last poll's failure, if it failed
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("uploads:connector_detail", kwargs={"connector_pk": self.pk})
+
+    @property
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+    @property
+    def store(self) -> str:
+        """Which store the bucket is in: its endpoint, or Amazon S3's (empty)."""
+        return self.endpoint_url.rstrip("/")
+
+    @property
+    def errors_prefix(self) -> str:
+        """Where error files are written back (and never imported from)."""
+        return f"{self.prefix}errors/"
+
+
+class S3Object(models.Model):
+    """One version of one object a connector listed: imported once, whatever happens.
+
+    The store, bucket, key and ETag name it (unique); the same key with a new ETag is a new
+    file. Once downloaded it becomes an ``Upload``, whose status is the file's from then on.
+    """
+
+    class State(models.TextChoices):
+        FOUND = "found", "Found"  # listed; its download is queued or being retried
+        DOWNLOADED = "downloaded", "Downloaded"  # an upload holds it: see upload.status
+        FAILED = "failed", "Failed"  # never downloaded, for the reason given
+
+    connector = models.ForeignKey(S3Connector, on_delete=models.PROTECT, related_name="files")
+    store = models.CharField(max_length=500, blank=True)
+    bucket = models.CharField(max_length=63)
+    key = models.CharField(max_length=1024)
+    etag = models.CharField(max_length=200)
+    size_bytes = models.BigIntegerField()
+    last_modified = models.DateTimeField(null=True, blank=True)
+    found_at = models.DateTimeField(auto_now_add=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.FOUND)
+    problem = models.TextField(blank=True)  # why it failed, or the last download attempt's error
+    attempts = models.PositiveIntegerField(default=0)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    upload = models.OneToOneField(
+        Upload, null=True, blank=True, on_delete=models.PROTECT, related_name="s3_object"
+    )
+    # The error file written back beside the object (for a file with failed rows).
+    errors_key = models.CharField(max_length=1100, blank=True)
+    errors_written_at = models.DateTimeField(null=True, blank=True)
+    errors_problem = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-found_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["store", "bucket", "key", "etag"], name="s3object_version_once"
+            ),
+            models.CheckConstraint(
+                condition=Q(state="downloaded", upload__isnull=False)
+                | (~Q(state="downloaded") & Q(upload__isnull=True)),
+                name="s3object_downloaded_has_upload",
+            ),
+        ]
+        indexes = [models.Index(fields=["connector", "state"], name="s3object_connector_state")]
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def status(self) -> str:
+        """The file's status as its connector's page shows it."""
+        if self.upload is None:
+            return self.get_state_display()
+        upload = self.upload
+        if upload.status in Upload.ACTIVE_STATUSES:
+            return "Queued" if upload.status == Upload.Status.QUEUED else "Importing"
+        return upload.get_status_display()
+
+    @property
+    def badge_class(self) -> str:
+        """The status badge's class: an upload status's, so it has that status's colour."""
+        if self.upload is not None:
+            return self.upload.status
+        return Upload.Status.FAILED if self.state == self.State.FAILED else Upload.Status.QUEUED

@@ -51,7 +51,9 @@ from events.ingestion import (
 )
 from events.models import EventBatch
 from meters.models import Meter
+from uploads.connectors import upload_finished_announce
 from uploads.counters import Counter, ExternalCounter
+from uploads.json_reading import json_inspect, json_records
 from uploads.limits import chunk_rows, max_columns, max_line_bytes, max_upload_bytes, setting
 from uploads.models import Upload, UploadDuplicates
 from uploads.pulse import (
@@ -65,6 +67,7 @@ from uploads.pulse import (
 from uploads.reading import (
     IDENTIFIER_COLUMN,
     FileProblem,
+    Inspection,
     MeterKeys,
     Record,
     chunked,
@@ -124,6 +127,8 @@ def _finish(upload: Upload, status: str, *, now: datetime, reason: str = "") -> 
     upload.finished_at = now
     upload.heartbeat_at = now
     upload.save(update_fields=["status", "failed_reason", "finished_at", "heartbeat_at"])
+    # A file from a bucket gets its error file written back beside it.
+    transaction.on_commit(partial(upload_finished_announce, upload_id=upload.pk))
 
 
 def _locked_owned(upload_id: int, token: str) -> Upload:
@@ -147,20 +152,63 @@ def _meter_keys() -> dict[str, MeterKeys]:
     }
 
 
-def _open_lines(upload: Upload) -> tuple[IO[bytes], Iterator[str]]:
+def _open_content(upload: Upload) -> tuple[IO[bytes], IO[bytes]]:
+    """The stored file, and its content (gunzipped when it is gzip)."""
     binary = upload.file.storage.open(upload.file.name or "", "rb")
     try:
-        content = open_decompressed(binary)
+        return binary, open_decompressed(binary)
     except Exception:
         binary.close()
         raise
+
+
+def _open_lines(upload: Upload) -> tuple[IO[bytes], Iterator[str]]:
+    binary, content = _open_content(upload)
     lines = text_lines(content, max_bytes=max_upload_bytes(), max_line_bytes=max_line_bytes())
     return binary, lines
 
 
+def _inspect(upload: Upload, pulse: Pulse) -> Inspection:
+    """The validation pass over the stored file, CSV or JSON events."""
+    if upload.file_format == Upload.Format.CSV:
+        binary, lines = _open_lines(upload)
+        try:
+            return inspect(
+                lines, max_line_bytes=max_line_bytes(), max_columns=max_columns(), pulse=pulse
+            )
+        finally:
+            binary.close()
+    binary, content = _open_content(upload)
+    try:
+        return json_inspect(
+            content,
+            file_format=upload.file_format,
+            max_bytes=max_upload_bytes(),
+            max_line_bytes=max_line_bytes(),
+            max_columns=max_columns(),
+            pulse=pulse,
+        )
+    finally:
+        binary.close()
+
+
 @contextmanager
 def _data_records(upload: Upload) -> Iterator[Iterator[Record]]:
-    """The stored file's records after its header row, read while the context lasts."""
+    """The stored file's records after its header row (for JSON events, each event as the
+    values of the header the validation pass found), read while the context lasts."""
+    if upload.file_format != Upload.Format.CSV:
+        binary, content = _open_content(upload)
+        try:
+            yield json_records(
+                content,
+                file_format=upload.file_format,
+                header=upload.header,
+                max_bytes=max_upload_bytes(),
+                max_line_bytes=max_line_bytes(),
+            )
+        finally:
+            binary.close()
+        return
     binary, lines = _open_lines(upload)
     try:
         record_iter = records(lines, max_line_bytes=max_line_bytes())
@@ -268,11 +316,8 @@ def _validate(
     with its header and record count) and its header; None when it failed. A meter whose
     columns the file lacks fails only its own rows (``RowBuilder``); the whole file fails
     when no meter's rows could import."""
-    binary, lines = _open_lines(upload)
     try:
-        inspection = inspect(
-            lines, max_line_bytes=max_line_bytes(), max_columns=max_columns(), pulse=pulse
-        )
+        inspection = _inspect(upload, pulse)
         used = [meters[name] for name in inspection.event_names if name in meters]
         active = [meter for meter in used if meter.active]
         missing = meter_columns_missing(inspection.header, active)
@@ -280,8 +325,6 @@ def _validate(
     except FileProblem as error:
         problem = error.reason
         inspection = None
-    finally:
-        binary.close()
     with transaction.atomic():
         upload = _locked_owned(upload.pk, token)
         if problem or inspection is None:

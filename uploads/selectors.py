@@ -17,7 +17,7 @@ from django.utils import timezone
 from events.models import EventBatch, EventRejection, MeterEvent
 from meters.models import Meter
 from uploads.advice import advice_for
-from uploads.models import Upload, UploadDuplicates
+from uploads.models import S3Connector, S3Object, Upload, UploadDuplicates
 from uploads.pulse import pending_progress_apply
 from uploads.reading import escape_cell
 from usage_portal.pagination import Page
@@ -402,3 +402,26 @@ def upload_duplicate_file_lines(*, upload: Upload, base_url: str = "") -> Iterat
             link = base_url + row.twin_upload.get_absolute_url() if row.twin_upload else ""
             cells = [str(row.line), row.identifier, row.recorded, link]
             yield writer.writerow([escape_cell(cell) for cell in cells])
+
+
+def connector_list() -> QuerySet[S3Connector]:
+    return S3Connector.objects.order_by("name")
+
+
+def connector_objects(*, connector: S3Connector) -> QuerySet[S3Object]:
+    """Every file the connector found, newest first, with its upload."""
+    return (
+        S3Object.objects.filter(connector=connector)
+        .select_related("upload")
+        .order_by("-found_at", "-id")
+    )
+
+
+def connector_any_active(*, connector: S3Connector) -> bool:
+    """A file of the connector is waiting for its download or being imported."""
+    return (
+        S3Object.objects.filter(connector=connector, state=S3Object.State.FOUND).exists()
+        or S3Object.objects.filter(
+            connector=connector, upload__status__in=Upload.ACTIVE_STATUSES
+        ).exists()
+    )

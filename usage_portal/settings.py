@@ -243,6 +243,19 @@ CELERY_BEAT_SCHEDULE["uploads-requeue-stale"] = {
     "task": "uploads.requeue_stale",
     "schedule": float(os.environ.get("USAGE_UPLOAD_REQUEUE_EVERY_SECONDS", "60")),
 }
+# S3 import: every connector is polled this often; files up to USAGE_S3_MAX_OBJECT_BYTES.
+USAGE_S3_POLL_SECONDS = float(os.environ.get("USAGE_S3_POLL_SECONDS", "300"))
+USAGE_S3_MAX_OBJECT_BYTES = int(os.environ.get("USAGE_S3_MAX_OBJECT_BYTES", str(1024**3)))
+# How long one request to a store may take (connecting, or waiting for bytes), in seconds.
+USAGE_S3_TIMEOUT_SECONDS = float(os.environ.get("USAGE_S3_TIMEOUT_SECONDS", "20"))
+CELERY_BEAT_SCHEDULE["uploads-s3-poll"] = {
+    "task": "uploads.s3_poll",
+    "schedule": USAGE_S3_POLL_SECONDS,
+}
+# Stored secrets (an S3 connector's) are encrypted with these Fernet keys (usage_portal.crypto).
+USAGE_ENCRYPTION_KEYS = os.environ.get("USAGE_ENCRYPTION_KEYS", "")
+# Hosts on internal addresses the portal may still send requests to (usage_portal.outbound).
+USAGE_OUTBOUND_ALLOWED_HOSTS = os.environ.get("USAGE_OUTBOUND_ALLOWED_HOSTS", "")
 # The meter overview's daily rollups are refreshed after each commit; this sweep catches a
 # refresh message that was lost (broker down at commit time).
 # The v2 event stream's inbox is drained after each request (at most twice a second per

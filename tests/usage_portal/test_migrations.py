@@ -253,6 +253,8 @@ def test_a_pre_split_database_keeps_its_rows_through_the_split(migrate) -> None:
     # Nor was its import pass marked (the live rate's start).
     marks = {(row.pop("import_started_at"), row.pop("import_start_rows")) for row in uploads_after}
     assert marks == {(None, 0)}
+    # Files uploaded before S3 import were CSV.
+    assert {row.pop("file_format") for row in uploads_after} == {"csv"}
     assert after == before
     assert uploads_after == uploads_before
     assert len(after["meterevent"]) == 4 and len(after["usagerollup"]) == 2

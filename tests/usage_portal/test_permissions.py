@@ -94,6 +94,13 @@ EXPECTED: dict[str, Expect] = {
     "uploads:upload_revert": Expect(F, method="post"),
     "uploads:upload_import": Expect(F, method="post"),
     "uploads:upload_import_rest": Expect(F, method="post"),
+    "uploads:connector_list": Expect(S),
+    "uploads:connector_new": Expect(A),
+    "uploads:connector_detail": Expect(S),
+    "uploads:connector_edit": Expect(A),
+    "uploads:connector_test": Expect(A, method="post"),
+    "uploads:connector_sync": Expect(A, method="post"),
+    "uploads:connector_pause": Expect(A, method="post"),
     # billing
     "billing:price_list": Expect(S),
     "billing:price_create": Expect(A),
@@ -193,7 +200,20 @@ BUILDERS: dict[str, Callable[[World], Any]] = {
     "invoice": billing_builders.build_invoice,
     "grant": billing_builders.build_grant,
     "api_key": lambda world: _api_key(world),
+    "connector": lambda world: _connector(world),
 }
+
+
+def _connector(world: World) -> Any:
+    from uploads.models import S3Connector
+
+    # An internal endpoint: the test and sync views are refused at once, with no network.
+    return S3Connector.objects.create(
+        name=f"connector-{id(world)}",
+        bucket="usage",
+        endpoint_url="http://127.0.0.1:9",
+        user=UserFactory.create(username=f"s3:connector-{id(world)}"),
+    )
 
 
 def _api_key(world: World) -> Any:
