@@ -22,7 +22,7 @@ from tests.uploads.conftest import HEADER, counted_events, day, rollup_total
 from tests.uploads.s3_support import FaultProxy, MotoServer, moto_running
 from uploads import connectors
 from uploads.connectors import ConnectorFields, connector_create, connector_sync
-from uploads.models import S3Connector, S3Object
+from uploads.models import S3Connector, S3Object, Upload
 from usage_portal.crypto import secret_decrypt
 
 WORKER_ENV = {"USAGE_OUTBOUND_ALLOWED_HOSTS": "127.0.0.1"}
@@ -356,17 +356,22 @@ def test_bad_files_each_get_a_clear_outcome(
     connector_sync(connector=connector)
     files = {found.key.removeprefix("usage/"): found for found in files_settled(connector, 6)}
 
+    def upload(name: str) -> Upload:
+        made = files[name].upload
+        assert made is not None, files[name].problem
+        return made
+
     assert files["object.json"].status == "Failed"
-    assert "must hold one array of events" in files["object.json"].upload.failed_reason
-    mixed = files["mixed.jsonl"].upload
+    assert "must hold one array of events" in upload("object.json").failed_reason
+    mixed = upload("mixed.jsonl")
     assert (mixed.rows_imported, mixed.rows_failed) == (2, 2)
     codes = dict(mixed.batch.rejections.values_list("line", "code"))
     assert codes == {2: "not_an_object", 3: "malformed_json"}
-    assert files["plain.csv.gz"].upload.rows_imported == 1  # read by its content
+    assert upload("plain.csv.gz").rows_imported == 1  # read by its content
     assert files["empty.csv"].state == S3Object.State.FAILED
     assert "empty (0 bytes)" in files["empty.csv"].problem
     assert "does not end in .csv" in files["notes.txt"].problem
-    assert files["ünïcödé + space & more.csv"].upload.rows_imported == 1
+    assert upload("ünïcödé + space & more.csv").rows_imported == 1
     assert rollup_total(api_meter) == (Decimal("10"), 4)
 
 
