@@ -38,6 +38,7 @@ def _fields(form: ConnectorForm) -> ConnectorFields:
         region=data["region"],
         endpoint_url=data["endpoint_url"],
         access_key_id=data["access_key_id"],
+        validate_only=data["validate_only"],
     )
 
 
@@ -82,7 +83,7 @@ def connector_edit(request: HtmxHttpRequest, connector_pk: int) -> HttpResponse:
     connector = get_object_or_404(S3Connector, pk=connector_pk)
     initial = {
         name: getattr(connector, name)
-        for name in ("name", "bucket", "region", "endpoint_url", "access_key_id")
+        for name in ("name", "bucket", "region", "endpoint_url", "access_key_id", "validate_only")
     }
     initial["key_prefix"] = connector.prefix
     form = ConnectorForm(request.POST or None, initial=initial)

@@ -73,6 +73,7 @@ class ConnectorFields:
     region: str
     endpoint_url: str
     access_key_id: str
+    validate_only: bool = False
 
 
 def _checked(fields: ConnectorFields, *, secret: str | None, exclude_pk: int | None) -> None:
@@ -125,6 +126,7 @@ def connector_create(
         region=fields.region,
         endpoint_url=fields.endpoint_url,
         access_key_id=fields.access_key_id,
+        validate_only=fields.validate_only,
         secret_encrypted=secret_encrypt(secret_access_key)
         if fields.access_key_id and secret_access_key
         else "",
@@ -148,6 +150,7 @@ def _cleaned(fields: ConnectorFields) -> ConnectorFields:
         region=fields.region.strip().lower() or "us-east-1",
         endpoint_url=fields.endpoint_url.strip(),
         access_key_id=fields.access_key_id.strip(),
+        validate_only=fields.validate_only,
     )
 
 
@@ -426,11 +429,14 @@ def _upload_record(found: S3Object, *, stored: str, size: int) -> Upload | None:
     if locked.state != S3Object.State.FOUND:
         return None
     connector = locked.connector
-    batch = event_batch_create(source=EventBatch.Source.S3, user=connector.user, dry_run=False)
+    batch = event_batch_create(
+        source=EventBatch.Source.S3, user=connector.user, dry_run=connector.validate_only
+    )
     upload = Upload(
         original_name=locked.key[-255:],
         size_bytes=size,
         uploaded_by=connector.user,
+        validate_only=connector.validate_only,
         file_format=file_format_of(locked.key) or Upload.Format.CSV,
         # A bucket's files are exports of new usage: each row counts (rows carrying an
         # identifier are counted once whatever happens).

@@ -78,3 +78,9 @@ class ConnectorForm(PortalForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Stored encrypted and never shown again.",
     )
+    validate_only = forms.BooleanField(
+        required=False,
+        label="Validate only",
+        help_text="Check each file and report what it would import, without recording usage; "
+        "import a checked file from its upload's page.",
+    )

@@ -343,6 +343,9 @@ class S3Connector(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     paused_at = models.DateTimeField(null=True, blank=True)
+    # Validate only: each file is checked and reported, nothing recorded; "Import" on its
+    # upload's page imports it for real (as for a browser upload's validate-only run).
+    validate_only = models.BooleanField(default=False)
     # Set when the store refused the credentials: polling stops until they are changed (or a
     # test or "Sync now" succeeds), rather than failing every five minutes.
     credentials_problem = models.TextField(blank=True)

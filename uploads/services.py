@@ -286,11 +286,12 @@ def upload_import_validated(*, upload: Upload, user: User) -> Upload:
         raise ValidationError(
             "Only a finished validate-only run can be imported.", code="not_importable"
         )
-    batch = event_batch_create(source=EventBatch.Source.CSV, user=user, dry_run=False)
+    batch = event_batch_create(source=upload.batch.source, user=user, dry_run=False)
     imported = Upload(
         original_name=upload.original_name,
         size_bytes=upload.size_bytes,
         uploaded_by=user,
+        file_format=upload.file_format,
         validate_only=False,
         validated_upload=upload,
         rows_without_identifier=upload.rows_without_identifier,  # as it was validated

@@ -456,3 +456,35 @@ def test_manage_s3_sync_polls_a_connector(
     assert S3Object.objects.filter(connector=connector).count() == 1
     with pytest.raises(CommandError, match="No connector named"):
         call_command("s3_sync", "--connector", "nope")
+
+
+@pytest.mark.worker
+def test_a_validate_only_connector_records_nothing_until_a_file_is_imported(
+    allow_local: None,
+    moto: MotoServer,
+    bucket: str,
+    api_meter: Meter,
+    customers: list[Any],
+    finance_client: Client,
+    celery_worker_factory: Callable[..., Any],
+) -> None:
+    put(moto, bucket, "usage/check.jsonl", jsonl_rows([("cus_1", "2"), ("cus_2", "3")]))
+    connector = make_connector(moto.url, bucket)
+    S3Connector.objects.filter(pk=connector.pk).update(validate_only=True)
+    connector.refresh_from_db()
+    celery_worker_factory(env=WORKER_ENV)
+    connector_sync(connector=connector)
+    (found,) = files_settled(connector, 1)
+    assert found.status == "Validated" and found.upload is not None
+    assert counted_events(api_meter) == 0
+    # "Import" on the upload's page imports the checked file, as JSON lines still.
+    response = finance_client.post(f"/uploads/{found.upload.pk}/import/")
+    assert response.status_code == 302
+    imported = Upload.objects.get(validated_upload=found.upload)
+    deadline = time.monotonic() + 60
+    while not imported.is_finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+        imported.refresh_from_db()
+    assert imported.status == Upload.Status.SUCCEEDED and imported.file_format == "jsonl"
+    assert rollup_total(api_meter) == (Decimal(5), 2)

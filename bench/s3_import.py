@@ -1,0 +1,447 @@
+"""Benchmark S3 import: a bucket's CSV and JSON-lines files → ``succeeded``, through a real
+Celery worker, next to a browser upload of the same rows.
+
+PostgreSQL (the figure that counts)::
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/up_s3_bench \\
+    CELERY_BROKER_URL=redis://127.0.0.1:6379/5 USAGE_PORTAL_VAR_DIR=var/s3-bench \\
+        .venv/bin/python bench/s3_import.py [--rows 1000000] [--no-gz]
+
+1. Generates a file of ``--rows`` rows with ``bench/csv_import.py``'s generator (2,000
+   customers, 5 meters, the last 30 days, an identifier column ``bench_0_<row>``), and a
+   JSON-lines file of exactly the same events (same identifiers, timestamps, customers and
+   values; ``{"event_name", "timestamp", "identifier", "payload"}`` a line), and its gzip.
+2. Browser upload: the CSV through ``upload_create``, timed from queued to ``succeeded``.
+3. S3 CSV, S3 JSONL, S3 JSONL.gz (``--no-gz`` skips it): each file put into a bucket of its
+   own on a moto S3 server (``moto_server``, its own process), a connector made for it, and
+   timed from calling ``connector_sync`` to its upload ``succeeded``: the listing, the
+   download into the upload storage (the worker's ``uploads.s3_object_import``) and the
+   import (``uploads.process``). The download part (sync → the upload exists) and the
+   import part (queued → succeeded, the browser upload's clock) are shown apart.
+
+Each run is a first import into an empty database (the usage tables emptied before it), by
+a fresh worker (``celery -A usage_portal worker``, ``--concurrency`` 1; 2 embedded), started
+and ready before the clock starts. Each run is checked: every row imported, none failed,
+``succeeded``, and the hourly rollups' event counts adding up to the rows (their value total
+the same in every run). The table shows rows/s beside the browser upload's, the phases
+(validation: the first pass; write: the import pass) and the kernel's peak RSS (VmHWM) of
+the worker's pool process and of moto's server. The target: at least 50,000 rows/s on
+PostgreSQL, within 20% of the browser upload's rate (ratio ≥ 0.80).
+
+``--embedded`` runs the same on SQLite and the filesystem broker in a new temporary var dir
+(DATABASE_URL and CELERY_BROKER_URL ignored), as ``bench/csv_import.py --embedded`` does.
+
+The worker and this process are allowed the moto server's address
+(``USAGE_OUTBOUND_ALLOWED_HOSTS=127.0.0.1``). A PostgreSQL database must be a dedicated one
+whose name contains "bench": the script TRUNCATES the usage tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+# bench/ is this script's folder, first on sys.path; csv_import puts the project on it.
+from csv_import import ROOT, _create_database, _descendants, _generate, _setup, _vm_hwm_mb
+
+TARGET_RATE = 50_000
+TARGET_RATIO = 0.8
+LAYOUT = "identifier"  # the JSON lines carry the CSV's identifiers: the same events
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--embedded", action="store_true", help="SQLite, filesystem broker")
+    parser.add_argument("--concurrency", type=int, default=None, help="worker processes")
+    parser.add_argument(
+        "--gz", action=argparse.BooleanOptionalAction, default=True, help="a .jsonl.gz run"
+    )
+    args = parser.parse_args()
+    args.concurrency = args.concurrency or (2 if args.embedded else 1)
+
+    if args.embedded:
+        for name in ("DATABASE_URL", "CELERY_BROKER_URL", "USAGE_PORTAL_SQLITE_NAME"):
+            os.environ.pop(name, None)
+        os.environ["USAGE_PORTAL_VAR_DIR"] = tempfile.mkdtemp(prefix="bench-s3-embedded-")
+    else:
+        url = os.environ.get("DATABASE_URL", "")
+        name = urlparse(url).path.lstrip("/")
+        if not url.startswith("postgres") or "bench" not in name:
+            sys.exit("Set DATABASE_URL to a dedicated PostgreSQL database named like *bench*.")
+        _create_database(url, name)
+    # The moto server is on 127.0.0.1: allowed here and in the worker (which inherits this).
+    os.environ["USAGE_OUTBOUND_ALLOWED_HOSTS"] = "127.0.0.1"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "usage_portal.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    _run(args)
+
+
+# --- Files ------------------------------------------------------------------------------------
+def _jsonl_write(csv_path: Path, path: Path) -> None:
+    """The CSV's events as JSON lines: each row's identifier, timestamp (Unix seconds),
+    event name and payload (the customer, and the value under the meter's value key; an
+    empty CSV cell is a key left out)."""
+    if path.exists():
+        return
+    tmp = path.with_suffix(".tmp")
+    with csv_path.open() as source, tmp.open("w") as out:
+        header = source.readline().rstrip("\n").split(",")
+        payload_columns = [
+            (index, name.removeprefix("payload_"))
+            for index, name in enumerate(header)
+            if name.startswith("payload_")
+        ]
+        ident, stamp, event = (header.index(n) for n in ("identifier", "timestamp", "event_name"))
+        lines = []
+        for line in source:
+            cells = line.rstrip("\n").split(",")
+            event_json = {
+                "event_name": cells[event],
+                "timestamp": int(cells[stamp]),
+                "identifier": cells[ident],
+                "payload": {key: cells[index] for index, key in payload_columns if cells[index]},
+            }
+            lines.append(json.dumps(event_json, separators=(",", ":")) + "\n")
+            if len(lines) >= 100_000:
+                out.writelines(lines)
+                lines = []
+        out.writelines(lines)
+    tmp.rename(path)
+
+
+def _gzip_write(source: Path, path: Path) -> None:
+    if path.exists():
+        return
+    tmp = path.with_suffix(".tmp")
+    with source.open("rb") as plain, gzip.open(tmp, "wb", compresslevel=6) as packed:
+        shutil.copyfileobj(plain, packed, 1 << 20)
+    tmp.rename(path)
+
+
+# --- Runs -------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    label: str
+    rows: int
+    seconds: float  # the run's clock: queued → done (browser), sync → done (S3)
+    download_seconds: float | None  # S3: sync → the upload exists
+    queued_seconds: float  # queued → done
+    validation_seconds: float  # started → import pass begins
+    write_seconds: float  # import pass begins → done
+    imported: int
+    failed: int
+    rollup_events: int
+    rollup_value: Decimal
+    pool_rss_mb: float
+    main_rss_mb: float
+    moto_rss_mb: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def peak_rss_mb(self) -> tuple[float, float]:
+        """The pool processes' peak RSS (the largest) and the main process's."""
+        pool = max((_vm_hwm_mb(pid) for pid in _descendants(self.process.pid)), default=0.0)
+        return pool, _vm_hwm_mb(self.process.pid)
+
+
+@contextlib.contextmanager
+def _worker(label: str, folder: Path, concurrency: int) -> Iterator[Worker]:
+    """A fresh worker, ready (its log says so) before this yields; stopped after."""
+    from usage_portal.celery import app
+
+    # What earlier runs queued (the daily-rollup refreshes) is not this run's work.
+    with contextlib.suppress(Exception):  # the filesystem broker cannot purge everything
+        app.control.purge()
+    log = folder / f"worker-s3-{label.replace(' ', '-').replace('.', '-')}.log"
+    with log.open("wb") as out:
+        command = [str(ROOT / ".venv/bin/celery"), "-A", "usage_portal", "worker"]
+        command += [f"--concurrency={concurrency}", "--loglevel=INFO", "--without-gossip"]
+        command += ["--without-mingle", "-n", f"bench-s3-{os.getpid()}@%h"]
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    worker = Worker(process, log)
+    try:
+        deadline = time.monotonic() + 120
+        while " ready." not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"The worker did not start; see {log}")
+            time.sleep(0.2)
+        time.sleep(1)  # its pool process forked and waiting
+        yield worker
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a warm shutdown that hangs (filesystem broker)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def _empty() -> None:
+    """Empty the usage tables, so the next run is a first import (PostgreSQL: ``_setup``'s
+    TRUNCATE ... CASCADE, which empties the S3 files' table too; SQLite: deleted here)."""
+    from django.db import connection, transaction
+
+    from events.models import EventBatch, EventRejection, MeterEvent, StoredIdentifierSet
+    from events.models import UsageRollup
+    from uploads.models import Upload
+
+    _setup()
+    if connection.vendor == "postgresql":
+        return
+    # The tables TRUNCATE names and every table that refers to them, as CASCADE would.
+    pending: list[Any] = [Upload, EventRejection, UsageRollup, MeterEvent]
+    pending += [EventBatch, StoredIdentifierSet]
+    models: list[Any] = []
+    while pending:
+        model = pending.pop()
+        if model in models:
+            continue
+        models.append(model)
+        pending += [related.related_model for related in model._meta.related_objects]
+    with transaction.atomic():  # SQLite's foreign keys are checked at the commit
+        for model in models:
+            model.objects.all()._raw_delete(using="default")
+
+
+def _rollup_totals() -> tuple[int, Decimal]:
+    """The hourly rollups' event count and value total (SQLite keeps values as text)."""
+    from django.db import connection
+    from django.db.models import Sum
+
+    from events.models import UsageRollup
+
+    if connection.vendor == "postgresql":
+        totals = UsageRollup.objects.aggregate(events=Sum("event_count"), value=Sum("value_sum"))
+        return int(totals["events"] or 0), Decimal(totals["value"] or 0)
+    events = 0
+    value = Decimal(0)
+    for count, value_sum in UsageRollup.objects.values_list("event_count", "value_sum"):
+        events += count
+        value += Decimal(value_sum)
+    return events, value
+
+
+def _wait(upload_id: int, worker: Worker) -> Any:
+    from uploads.models import Upload
+
+    while True:
+        upload = Upload.objects.get(pk=upload_id)
+        if upload.is_finished:
+            return upload
+        if worker.process.poll() is not None:
+            sys.exit(f"The worker died; see {worker.log}")
+        time.sleep(0.1)
+
+
+def _result(
+    label: str, upload: Any, worker: Worker, moto_pid: int, *, began: datetime | None
+) -> Result:
+    from uploads.models import Upload
+
+    pool_rss, main_rss = worker.peak_rss_mb()
+    if upload.status != Upload.Status.SUCCEEDED or upload.rows_failed:
+        sys.exit(f"{label}: {upload.status} ({upload.rows_failed} failed) {upload.failed_reason}")
+    assert upload.queued_at and upload.started_at and upload.import_started_at
+    assert upload.finished_at
+    events, value = _rollup_totals()
+    start = began or upload.queued_at
+    return Result(
+        label=label,
+        rows=upload.rows_read,
+        seconds=(upload.finished_at - start).total_seconds(),
+        download_seconds=(upload.created - began).total_seconds() if began else None,
+        queued_seconds=(upload.finished_at - upload.queued_at).total_seconds(),
+        validation_seconds=(upload.import_started_at - upload.started_at).total_seconds(),
+        write_seconds=(upload.finished_at - upload.import_started_at).total_seconds(),
+        imported=upload.rows_imported,
+        failed=upload.rows_failed,
+        rollup_events=events,
+        rollup_value=value,
+        pool_rss_mb=pool_rss,
+        main_rss_mb=main_rss,
+        moto_rss_mb=_vm_hwm_mb(moto_pid),
+    )
+
+
+def _browser(path: Path, user: Any, folder: Path, concurrency: int, moto_pid: int) -> Result:
+    """The CSV as a browser upload (``upload_create``, as bench/csv_import.py sends it)."""
+    from django.core.files import File
+
+    from uploads.services import upload_create
+
+    label = "browser upload CSV"
+    with _worker(label, folder, concurrency) as worker:
+        with path.open("rb") as handle:
+            # New usage, as a connector's files are (the rows carry identifiers either way).
+            upload = upload_create(file=File(handle, name=path.name), user=user)  # type: ignore[arg-type]
+        upload = _wait(upload.pk, worker)
+        return _result(label, upload, worker, moto_pid, began=None)
+
+
+def _s3(
+    label: str, path: Path, moto: Any, moto_pid: int, number: int, folder: Path, concurrency: int
+) -> Result:
+    """``path`` put into a bucket of its own, a connector for it, then timed from the sync."""
+    from boto3.s3.transfer import TransferConfig
+    from django.utils import timezone
+
+    from uploads.connectors import ConnectorFields, connector_create, connector_sync
+    from uploads.models import S3Object
+
+    bucket = f"bench-{number}-{path.suffix.lstrip('.')}"
+    client = moto.client()
+    client.create_bucket(Bucket=bucket)
+    key = "usage/events" + "".join(path.suffixes[-2:] if path.suffix == ".gz" else [path.suffix])
+    # Multipart above 64 MB (in 64 MB parts): moto keeps each part, as S3 would.
+    transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
+    client.upload_file(str(path), bucket, key, Config=transfer)
+    connector = connector_create(
+        fields=ConnectorFields(
+            name=f"bench-{os.getpid()}-{number}",
+            bucket=bucket,
+            prefix="usage/",
+            region="us-east-1",
+            endpoint_url=moto.url,
+            access_key_id="testing",
+        ),
+        secret_access_key="testing",
+        actor=None,
+    )
+    with _worker(label, folder, concurrency) as worker:
+        began = timezone.now()
+        outcome = connector_sync(connector=connector)
+        if outcome.problem or outcome.new != 1:
+            sys.exit(f"{label}: sync listed {outcome.listed}, new {outcome.new}: {outcome.problem}")
+        while True:
+            found = S3Object.objects.get(connector=connector)
+            if found.state == S3Object.State.FAILED:
+                sys.exit(f"{label}: the download failed: {found.problem}")
+            if found.upload_id is not None:
+                break
+            if worker.process.poll() is not None:
+                sys.exit(f"The worker died; see {worker.log}")
+            time.sleep(0.05)
+        if found.problem:
+            print(f"{label}: {found.problem} (attempts {found.attempts})")
+        upload = _wait(found.upload_id, worker)
+        return _result(label, upload, worker, moto_pid, began=began)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from django.conf import settings
+    from django.db import connection
+
+    from tests.uploads.s3_support import MotoServer
+    from uploads.limits import chunk_rows
+
+    user, refs = _setup()
+    folder = Path(settings.VAR_DIR) / "bench-files"
+    if args.embedded:  # the files outlive the temporary var dir, for the next run
+        folder = ROOT / "var" / "bench-files"
+    folder.mkdir(parents=True, exist_ok=True)
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    csv_path = folder / f"usage-{args.rows}-{LAYOUT}-{day}.csv"
+    _generate(csv_path, args.rows, refs, layout=LAYOUT)
+    jsonl_path = csv_path.with_suffix(".jsonl")
+    _jsonl_write(csv_path, jsonl_path)
+    files = [("S3 CSV", csv_path), ("S3 JSONL", jsonl_path)]
+    if args.gz:
+        gz_path = jsonl_path.with_suffix(".jsonl.gz")
+        _gzip_write(jsonl_path, gz_path)
+        files.append(("S3 JSONL.gz", gz_path))
+    for _, path in files:
+        print(f"file: {path} ({path.stat().st_size / 1e6:.0f} MB, {args.rows:,} rows)")
+    print(f"database: {connection.vendor} {connection.settings_dict['NAME']}")
+    print(f"broker: {settings.CELERY_BROKER_URL}; worker --concurrency={args.concurrency}")
+    moto = MotoServer()
+    moto_pid = moto._process.pid
+    print(f"moto: {moto.url} (pid {moto_pid})")
+    try:
+        results = [_browser(csv_path, user, folder, args.concurrency, moto_pid)]
+        _print(results)
+        for number, (label, path) in enumerate(files, start=1):
+            _empty()
+            results.append(_s3(label, path, moto, moto_pid, number, folder, args.concurrency))
+            _print(results[-1:], results[0])
+    finally:
+        moto.stop()
+    per = "transaction" if connection.vendor == "postgresql" else "chunk"
+    print(f"chunk: {chunk_rows():,} rows per {per}")
+    _print(results, results[0])
+    _verdict(results, args.rows, postgres=connection.vendor == "postgresql")
+
+
+def _print(results: list[Result], browser: Result | None = None) -> None:
+    print(f"{'run':<20}{'rows':>11}{'seconds':>9}{'rows/s':>9}{'ratio':>7}"
+          f"{'download s':>12}{'queued→done s':>15}{'validate s':>12}{'write s':>9}"
+          f"{'rollup events':>15}{'pool RSS MB':>13}{'moto RSS MB':>13}")  # fmt: skip
+    for r in results:
+        ratio = f"{r.rate / browser.rate:>7.2f}" if browser else f"{'':>7}"
+        download = (
+            f"{r.download_seconds:>12.1f}" if r.download_seconds is not None else "       —    "
+        )
+        phases = f"{r.queued_seconds:>15.1f}{r.validation_seconds:>12.1f}{r.write_seconds:>9.1f}"
+        memory = f"{r.pool_rss_mb:>13.0f}{r.moto_rss_mb:>13.0f}"
+        print(f"{r.label:<20}{r.rows:>11,}{r.seconds:>9.1f}{r.rate:>9,.0f}{ratio}{download}"
+              f"{phases}{r.rollup_events:>15,}{memory}")  # fmt: skip
+
+
+def _verdict(results: list[Result], rows: int, *, postgres: bool) -> None:
+    browser = results[0]
+    problems = [
+        f"{r.label}: {r.imported:,} imported, {r.rollup_events:,} in the rollups"
+        for r in results
+        if r.imported != rows or r.rollup_events != rows
+    ]
+    problems += [
+        f"{r.label}: value total {r.rollup_value} ≠ {browser.rollup_value}"
+        for r in results
+        if r.rollup_value != browser.rollup_value
+    ]
+    print(f"check: {'; '.join(problems) if problems else 'every run imported every row'}"
+          f" (value total {browser.rollup_value})")  # fmt: skip
+    if not postgres:
+        return
+    for r in results[1:]:
+        ratio = r.rate / browser.rate
+        met = r.rate >= TARGET_RATE and ratio >= TARGET_RATIO
+        print(f"target {r.label}: {r.rate:,.0f} rows/s (≥ {TARGET_RATE:,}), {ratio:.2f}× the "
+              f"browser upload (≥ {TARGET_RATIO}): {'met' if met else 'MISSED'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
