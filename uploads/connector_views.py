@@ -39,6 +39,7 @@ def _fields(form: ConnectorForm) -> ConnectorFields:
         endpoint_url=data["endpoint_url"],
         access_key_id=data["access_key_id"],
         validate_only=data["validate_only"],
+        rows_without_identifier=data["rows_without_identifier"],
     )
 
 
@@ -83,7 +84,15 @@ def connector_edit(request: HtmxHttpRequest, connector_pk: int) -> HttpResponse:
     connector = get_object_or_404(S3Connector, pk=connector_pk)
     initial = {
         name: getattr(connector, name)
-        for name in ("name", "bucket", "region", "endpoint_url", "access_key_id", "validate_only")
+        for name in (
+            "name",
+            "bucket",
+            "region",
+            "endpoint_url",
+            "access_key_id",
+            "validate_only",
+            "rows_without_identifier",
+        )
     }
     initial["key_prefix"] = connector.prefix
     form = ConnectorForm(request.POST or None, initial=initial)

@@ -74,6 +74,7 @@ class ConnectorFields:
     endpoint_url: str
     access_key_id: str
     validate_only: bool = False
+    rows_without_identifier: str = Upload.RowsWithoutIdentifier.NEW_USAGE
 
 
 def _checked(fields: ConnectorFields, *, secret: str | None, exclude_pk: int | None) -> None:
@@ -95,6 +96,8 @@ def _checked(fields: ConnectorFields, *, secret: str | None, exclude_pk: int | N
             "A prefix is the start of the keys to import, without a leading slash (for "
             "example 'usage/' or 'exports/2026-'); leave it empty for the whole bucket."
         )
+    if fields.rows_without_identifier not in Upload.RowsWithoutIdentifier.values:
+        errors["rows_without_identifier"] = "Say what the files' rows without an identifier are."
     if not _REGION.match(fields.region):
         errors["region"] = "Give the bucket's region, such as us-east-1 or eu-west-1."
     if fields.endpoint_url and (problem := outbound_url_problem(fields.endpoint_url)):
@@ -127,6 +130,7 @@ def connector_create(
         endpoint_url=fields.endpoint_url,
         access_key_id=fields.access_key_id,
         validate_only=fields.validate_only,
+        rows_without_identifier=fields.rows_without_identifier,
         secret_encrypted=secret_encrypt(secret_access_key)
         if fields.access_key_id and secret_access_key
         else "",
@@ -151,6 +155,7 @@ def _cleaned(fields: ConnectorFields) -> ConnectorFields:
         endpoint_url=fields.endpoint_url.strip(),
         access_key_id=fields.access_key_id.strip(),
         validate_only=fields.validate_only,
+        rows_without_identifier=fields.rows_without_identifier,
     )
 
 
@@ -384,7 +389,7 @@ def s3_object_import(*, object_id: int) -> Upload | None:
         return None
     S3Object.objects.filter(pk=object_id).update(attempts=found.attempts + 1)
     limit = min(settings.USAGE_S3_MAX_OBJECT_BYTES, max_upload_bytes())
-    name = posixpath.basename(found.key) or "object"
+    name = posixpath.basename(found.key)[-100:] or "object"  # the stored name's end
     stored = ""
     try:
         body, _length = s3.object_body(connector, key=found.key, etag=found.etag, max_bytes=limit)
@@ -438,9 +443,7 @@ def _upload_record(found: S3Object, *, stored: str, size: int) -> Upload | None:
         uploaded_by=connector.user,
         validate_only=connector.validate_only,
         file_format=file_format_of(locked.key) or Upload.Format.CSV,
-        # A bucket's files are exports of new usage: each row counts (rows carrying an
-        # identifier are counted once whatever happens).
-        rows_without_identifier=Upload.RowsWithoutIdentifier.NEW_USAGE,
+        rows_without_identifier=connector.rows_without_identifier,
         batch=batch,
     )
     upload.file.name = stored

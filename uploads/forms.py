@@ -78,9 +78,24 @@ class ConnectorForm(PortalForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Stored encrypted and never shown again.",
     )
+    rows_without_identifier = forms.ChoiceField(
+        label="Rows without an identifier are",
+        choices=Upload.RowsWithoutIdentifier.choices,
+        initial=Upload.RowsWithoutIdentifier.NEW_USAGE,
+        widget=forms.RadioSelect,
+        required=False,  # left out: new usage, the default
+        help_text="New usage: each such row counts, also in a new version of a file. A "
+        "corrected copy: rows identical to rows imported before are not counted again. Rows "
+        "with an identifier count once either way.",
+    )
     validate_only = forms.BooleanField(
         required=False,
         label="Validate only",
         help_text="Check each file and report what it would import, without recording usage; "
         "import a checked file from its upload's page.",
     )
+
+    def clean_rows_without_identifier(self) -> str:
+        return self.cleaned_data["rows_without_identifier"] or str(
+            Upload.RowsWithoutIdentifier.NEW_USAGE
+        )

@@ -346,6 +346,14 @@ class S3Connector(models.Model):
     # Validate only: each file is checked and reported, nothing recorded; "Import" on its
     # upload's page imports it for real (as for a browser upload's validate-only run).
     validate_only = models.BooleanField(default=False)
+    # What its files' rows without an identifier are, as a browser upload asks: new usage
+    # (each counts; a new version of a file counts again), or corrected copies (rows
+    # identical to rows imported before are not counted again).
+    rows_without_identifier = models.CharField(
+        max_length=16,
+        choices=Upload.RowsWithoutIdentifier.choices,
+        default=Upload.RowsWithoutIdentifier.NEW_USAGE,
+    )
     # Set when the store refused the credentials: polling stops until they are changed (or a
     # test or "Sync now" succeeds), rather than failing every five minutes.
     credentials_problem = models.TextField(blank=True)

@@ -325,6 +325,8 @@ def _validate(
     except FileProblem as error:
         problem = error.reason
         inspection = None
+    if problem and upload.file_format != Upload.Format.CSV and "columns" in problem:
+        problem += " (In JSON events, payload_<key> is the payload's field <key>.)"
     with transaction.atomic():
         upload = _locked_owned(upload.pk, token)
         if problem or inspection is None:

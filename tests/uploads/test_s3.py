@@ -488,3 +488,34 @@ def test_a_validate_only_connector_records_nothing_until_a_file_is_imported(
         imported.refresh_from_db()
     assert imported.status == Upload.Status.SUCCEEDED and imported.file_format == "jsonl"
     assert rollup_total(api_meter) == (Decimal(5), 2)
+
+
+@pytest.mark.worker
+def test_new_versions_of_a_file_count_again_unless_they_are_corrected_copies(
+    allow_local: None,
+    moto: MotoServer,
+    bucket: str,
+    api_meter: Meter,
+    customers: list[Any],
+    celery_worker_factory: Callable[..., Any],
+) -> None:
+    new_usage = make_connector(moto.url, bucket, prefix="new/")
+    copies = make_connector(moto.url, bucket, prefix="copies/")
+    S3Connector.objects.filter(pk=copies.pk).update(rows_without_identifier="corrected_copy")
+    copies.refresh_from_db()
+    celery_worker_factory(env=WORKER_ENV)
+    # Different rows for each: a corrected copy's rows are compared with every row imported.
+    for connector, prefix, customer, extra in (
+        (new_usage, "new/", "cus_1", "5"),
+        (copies, "copies/", "cus_3", "6"),
+    ):
+        first = csv_rows([(customer, "2"), (customer, "2")])
+        second = csv_rows([(customer, "2"), (customer, "2"), ("cus_2", extra)])
+        put(moto, bucket, f"{prefix}day.csv", first)
+        connector_sync(connector=connector)
+        files_settled(connector, 1)
+        put(moto, bucket, f"{prefix}day.csv", second)  # a new version of the same file
+        connector_sync(connector=connector)
+        files_settled(connector, 2)
+    # New usage: 2 rows, then all 3 again; corrected copies: 2, then only the row not seen.
+    assert rollup_total(api_meter) == (Decimal(4 + 9 + 4 + 6), 2 + 3 + 2 + 1)
