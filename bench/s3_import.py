@@ -216,14 +216,14 @@ def _empty() -> None:
     from django.db import connection, transaction
 
     from events.models import EventBatch, EventRejection, MeterEvent, StoredIdentifierSet
-    from events.models import UsageRollup
+    from events.models import UsageRollup as Rollup
     from uploads.models import Upload
 
     _setup()
     if connection.vendor == "postgresql":
         return
     # The tables TRUNCATE names and every table that refers to them, as CASCADE would.
-    pending: list[Any] = [Upload, EventRejection, UsageRollup, MeterEvent]
+    pending: list[Any] = [Upload, EventRejection, Rollup, MeterEvent]
     pending += [EventBatch, StoredIdentifierSet]
     models: list[Any] = []
     while pending:
@@ -439,7 +439,7 @@ def _verdict(results: list[Result], rows: int, *, postgres: bool) -> None:
     for r in results[1:]:
         ratio = r.rate / browser.rate
         met = r.rate >= TARGET_RATE and ratio >= TARGET_RATIO
-        print(f"target {r.label}: {r.rate:,.0f} rows/s (≥ {TARGET_RATE:,}), {ratio:.2f}× the "
+        print(f"target {r.label}: {r.rate:,.0f} rows/s (≥ {TARGET_RATE:,}), {ratio:.2f} of the "
               f"browser upload (≥ {TARGET_RATIO}): {'met' if met else 'MISSED'}")  # fmt: skip
 
 
