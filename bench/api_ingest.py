@@ -161,7 +161,7 @@ def _wait_for(base: str) -> None:
         try:
             requests.get(base + "/v1/billing/meters", timeout=2)
             return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or booting slowly
             time.sleep(0.2)
     sys.exit("gunicorn did not start")
 
