@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from typing import IO
 
 import pytest
 from hypothesis import given, settings
@@ -22,8 +23,8 @@ LIMIT = 1 << 20
 def read(
     data: bytes, file_format: str = "jsonl", *, max_line_bytes: int = LIMIT
 ) -> tuple[list[str], list[Record]]:
-    def content() -> io.BufferedIOBase:
-        return open_decompressed(io.BytesIO(data))  # type: ignore[return-value]
+    def content() -> IO[bytes]:
+        return open_decompressed(io.BytesIO(data))
 
     inspection = json_inspect(
         content(),
