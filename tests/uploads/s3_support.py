@@ -69,11 +69,12 @@ class FaultProxy:
     """Forwards TCP connections to ``target_port``. ``refuse = True`` closes each new
     connection at once (the store is unreachable); ``cut_responses = n`` cuts the next ``n``
     responses longer than ``cut_after`` bytes after that many bytes (a download broken
-    mid-file; listings are shorter and pass)."""
+    mid-file; listings are shorter and pass); ``delay`` slows every response down."""
 
     def __init__(self, target_port: int, *, cut_after: int = 4096) -> None:
         self.target_port = target_port
         self.refuse = False
+        self.delay = 0.0  # seconds to wait before passing on each block of a response
         self.cut_responses = 0
         self.cut_after = cut_after
         self.cuts_made = 0
@@ -118,6 +119,8 @@ class FaultProxy:
                 if cutting:
                     sink.sendall(data[: max(self.cut_after - sent, 0)])
                     break
+                if response and self.delay:
+                    time.sleep(self.delay)
                 sink.sendall(data)
                 sent += len(data)
         except OSError:

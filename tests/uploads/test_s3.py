@@ -15,7 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.test import Client
+from django.utils import timezone
 
 from meters.models import Meter
 from tests.uploads.conftest import HEADER, counted_events, day, rollup_total
@@ -407,6 +409,44 @@ def test_an_unreachable_store_and_a_broken_download_lose_and_double_nothing(
         assert proxy.cuts_made == 2
         assert found.attempts == 3 and found.status == "Succeeded"
         assert rollup_total(api_meter) == (Decimal(5000), 5000)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.worker
+def test_a_worker_killed_mid_download_leaves_the_file_to_the_next_poll(
+    allow_local: None,
+    moto: MotoServer,
+    bucket: str,
+    api_meter: Meter,
+    customers: list[Any],
+    celery_worker_factory: Callable[..., Any],
+) -> None:
+    rows = [(f"cus_{1 + n % 3}", "2") for n in range(20_000)]
+    put(moto, bucket, "usage/slow.csv", csv_rows(rows))
+    proxy = FaultProxy(moto.port)
+    try:
+        connector = make_connector(proxy.url, bucket)
+        proxy.delay = 0.3  # several seconds for the file
+        worker = celery_worker_factory(env=WORKER_ENV)
+        connector_sync(connector=connector)
+        deadline = time.monotonic() + 60
+        while not S3Object.objects.filter(connector=connector, attempts=1).exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1)  # mid-download
+        worker.kill()
+        found = S3Object.objects.get(connector=connector)
+        assert found.state == S3Object.State.FOUND and found.upload is None
+        proxy.delay = 0
+        celery_worker_factory(env=WORKER_ENV)
+        # The next poll, a few minutes on, sends the download again.
+        with time_machine.travel(timezone.now() + connectors.DOWNLOAD_STALE * 2, tick=True):
+            assert connector_sync(connector=connector).new == 0
+        (found,) = files_settled(connector, 1)
+        assert found.status == "Succeeded" and found.attempts == 2
+        assert rollup_total(api_meter) == (Decimal(40_000), 20_000)
+        assert Upload.objects.filter(s3_object__connector=connector).count() == 1
     finally:
         proxy.close()
 
