@@ -51,7 +51,7 @@ from uploads.reading import (
 JSONL = "jsonl"
 JSON = "json"
 TOP_LEVEL_COLUMNS = ("timestamp", "event_name", "identifier")
-_BLOCK_BYTES = 16 * 1024 * 1024
+_BLOCK_BYTES = 4 * 1024 * 1024  # a few tens of thousands of events: memory stays low
 _ARRAY_BLOCK_EVENTS = 20_000
 _FAST_TYPES = (pa.string(), pa.large_string(), pa.int64(), pa.null())
 
@@ -161,15 +161,11 @@ def _lines_parsed_by_arrow(data: bytes, first_line: int, max_line_bytes: int) ->
     """The block parsed by pyarrow, or None when it must be read line by line. Its blocks
     are the longest line accepted: a longer line fails it (and is refused line by line)."""
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    # Only lines that each start an object: pyarrow takes a line of "null" for an event of
-    # nulls, and crashed on one alone (pyarrow 26); blank or indented lines go line by line.
-    if data[:1] != b"{" or data.count(b"\n{") != lines - 1:
+    if not _one_object_a_line(data, lines):
         return None
     try:
         data.decode("utf-8")
-        table = pajson.read_json(
-            io.BytesIO(data), read_options=pajson.ReadOptions(block_size=max_line_bytes)
-        )
+        table = _arrow_table(data, max_line_bytes)
     except (pa.ArrowException, UnicodeDecodeError):
         return None
     if table.num_rows != lines:  # blank lines were skipped: the line numbers would be wrong
@@ -197,6 +193,41 @@ def _lines_parsed_by_arrow(data: bytes, first_line: int, max_line_bytes: int) ->
                 columns[PAYLOAD_PREFIX + payload.type.field(index).name] = values
             # A payload that is null on some line reads as a struct of nulls: same as absent.
     return _Block(list(range(first_line, first_line + lines)), columns)
+
+
+def _one_object_a_line(data: bytes, lines: int) -> bool:
+    """Every line starts with ``{`` and ends with ``}``: then pyarrow's rows are the lines,
+    one each, when it counts as many (JSON has no raw newline inside a string, and an object
+    split over lines would put ``}`` and ``{`` side by side, which is no JSON). Anything else
+    (pyarrow took a line of "null" for an event, and crashed on one alone: pyarrow 26; blank
+    or indented lines; two objects on a line) is read line by line."""
+    ends = data.count(b"}\n") + data.count(b"}\r\n")
+    if not data.endswith(b"\n"):
+        ends += data.endswith(b"}")
+    return data[:1] == b"{" and data.count(b"\n{") == lines - 1 and ends == lines
+
+
+def _arrow_table(data: bytes, max_line_bytes: int) -> pa.Table:
+    """The block as a table. pyarrow reads RFC 3339 strings as timestamps, whose text is not
+    the file's: such columns (a timestamp, a date-like payload value) are read again as
+    text."""
+    options = pajson.ReadOptions(block_size=max_line_bytes)
+    table = pajson.read_json(io.BytesIO(data), read_options=options)
+    fields, retyped = [], False
+    for column in table.schema:
+        kind = column.type
+        if pa.types.is_timestamp(kind):
+            kind, retyped = pa.string(), True
+        elif pa.types.is_struct(kind) and any(pa.types.is_timestamp(f.type) for f in kind):
+            kind = pa.struct(
+                [f.with_type(pa.string()) if pa.types.is_timestamp(f.type) else f for f in kind]
+            )
+            retyped = True
+        fields.append(column.with_type(kind))
+    if not retyped:
+        return table
+    parse = pajson.ParseOptions(explicit_schema=pa.schema(fields))
+    return pajson.read_json(io.BytesIO(data), read_options=options, parse_options=parse)
 
 
 def _strings(column: pa.ChunkedArray) -> list[str] | None:

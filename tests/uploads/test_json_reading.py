@@ -161,17 +161,61 @@ events = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(events, min_size=1, max_size=12), st.booleans())
-def test_pyarrow_reads_what_python_reads_line_by_line(items: list[object], blank: bool) -> None:
-    lines = [json.dumps(item) for item in items]
+@given(
+    st.lists(
+        st.tuples(events, st.sampled_from(["own line", "joined", "split"])), min_size=1, max_size=12
+    ),
+    st.booleans(),
+    st.integers(min_value=0, max_value=60),
+)
+def test_pyarrow_reads_what_python_reads_line_by_line(
+    items: list[tuple[object, str]], blank: bool, cut: int
+) -> None:
+    """Whatever the lines (an event of its own, two on a line, one split over two), the
+    fast reading either agrees with the exact one or declines."""
+    lines: list[str] = []
+    for item, layout in items:
+        text = json.dumps(item)
+        if layout == "joined" and lines:
+            lines[-1] += " " + text
+        elif layout == "split" and 0 < cut < len(text):
+            lines += [text[:cut], text[cut:]]
+        else:
+            lines.append(text)
     if blank:
         lines.insert(len(lines) // 2, "")
     data = ("\n".join(lines) + "\n").encode()
     fast = json_reading._lines_parsed_by_arrow(data, 1, LIMIT)
     slow = json_reading._lines_parsed_one_by_one(data, 1, LIMIT)
     if fast is None:
-        return  # refused: read line by line, which is the answer
+        return  # declined: read line by line, which is the answer
     assert fast.lines == slow.lines and not slow.errors
     for name in set(fast.columns) | set(slow.columns):
         empty = [""] * len(fast.lines)
         assert fast.columns.get(name, empty) == slow.columns.get(name, empty), name
+
+
+def test_rfc_3339_timestamps_and_date_values_are_read_fast_as_their_text() -> None:
+    data = (
+        b'{"timestamp": "2026-11-01T00:00:00Z", "event_name": "a", "payload": {"day": "2026-11-01"}}\n'
+        b'{"timestamp": "2026-11-01T05:30:00+05:30", "event_name": "a", "payload": {"day": "x"}}\n'
+    )
+    fast = json_reading._lines_parsed_by_arrow(data, 1, LIMIT)
+    assert fast is not None
+    assert fast.columns["timestamp"] == ["2026-11-01T00:00:00Z", "2026-11-01T05:30:00+05:30"]
+    assert fast.columns["payload_day"] == ["2026-11-01", "x"]
+
+
+def test_two_events_on_a_line_and_one_split_over_two_are_errors_not_shifted_events() -> None:
+    """pyarrow counts as many rows as lines here, but not one a line: read line by line."""
+    data = (
+        b'{"event_name": "x", "identifier": "a"} {"event_name": "y", "identifier": "b"}\n'
+        b'{"event_name": "z", "payload":\n'
+        b'{"v": "3"}}\n'
+    )
+    _, records = read(data)
+    assert [(r.line, r.error.code if r.error else "ok") for r in records] == [
+        (1, "malformed_json"),
+        (2, "malformed_json"),
+        (3, "malformed_json"),
+    ]
