@@ -197,7 +197,8 @@ def test_pyarrow_reads_what_python_reads_line_by_line(
 
 def test_rfc_3339_timestamps_and_date_values_are_read_fast_as_their_text() -> None:
     data = (
-        b'{"timestamp": "2026-11-01T00:00:00Z", "event_name": "a", "payload": {"day": "2026-11-01"}}\n'
+        b'{"timestamp": "2026-11-01T00:00:00Z", "event_name": "a", '
+        b'"payload": {"day": "2026-11-01"}}\n'
         b'{"timestamp": "2026-11-01T05:30:00+05:30", "event_name": "a", "payload": {"day": "x"}}\n'
     )
     fast = json_reading._lines_parsed_by_arrow(data, 1, LIMIT)
