@@ -77,6 +77,9 @@ def event_source(batch: EventBatch) -> tuple[str, str]:
     """(label, url) of where a batch came from: its upload's page, or who entered it."""
     upload = getattr(batch, "upload", None)
     if upload is not None:
+        if batch.source == EventBatch.Source.S3:
+            who = batch.user.first_name if batch.user else "a connector"
+            return f"S3 import ({who}) #{upload.pk}", upload.get_absolute_url()
         return f"CSV upload #{upload.pk}", upload.get_absolute_url()
     if batch.source == EventBatch.Source.MANUAL:
         who = batch.user.get_username() if batch.user else "unknown user"

@@ -4,6 +4,7 @@ resume. Staff who see uploads see the connectors' files; only admins change conn
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse
@@ -126,7 +127,13 @@ def connector_detail(request: HtmxHttpRequest, connector_pk: int) -> HttpRespons
         per_page=50,
     )
     active = selectors.connector_any_active(connector=connector)
-    context = {"nav": "uploads", "connector": connector, "page": page, "any_active": active}
+    context = {
+        "nav": "uploads",
+        "connector": connector,
+        "page": page,
+        "any_active": active,
+        "poll_minutes": round(settings.USAGE_S3_POLL_SECONDS / 60, 1),
+    }
     if request.htmx and request.GET.get("poll"):
         status = 200 if active else STOP_POLLING
         return render(request, "uploads/connector_detail.html#files", context, status=status)
@@ -160,11 +167,12 @@ def connector_sync_view(request: HtmxHttpRequest, connector_pk: int) -> HttpResp
     if outcome.problem:
         messages.error(request, f"Sync failed: {outcome.problem}")
     else:
-        messages.success(
-            request,
-            f"Synced: {outcome.listed:,} files listed, {outcome.new:,} new. New files are "
-            f"downloaded and imported in the background.",
+        new = (
+            f"{outcome.new:,} new, downloaded and imported in the background"
+            if outcome.new
+            else "none new"
         )
+        messages.success(request, f"Synced: {outcome.listed:,} files listed, {new}.")
     return redirect(connector)
 
 
@@ -177,5 +185,7 @@ def connector_pause_view(request: HtmxHttpRequest, connector_pk: int) -> HttpRes
     if paused:
         messages.success(request, "Paused: the bucket is not polled and no file is downloaded.")
     else:
-        messages.success(request, "Resumed: files found meanwhile are imported at the next poll.")
+        messages.success(
+            request, "Resumed: the bucket is polled now, and files that arrived are imported."
+        )
     return redirect(connector)

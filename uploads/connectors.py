@@ -213,9 +213,18 @@ def connector_pause(*, connector: S3Connector, paused: bool, actor: User | None)
         actor=actor,
         changes={"paused": [not paused, paused]},
     )
-    if not paused:
-        transaction.on_commit(lambda: s3_objects_send(connector=locked))
+    if not paused:  # poll at once: files may have arrived meanwhile
+        transaction.on_commit(lambda: _sync_soon(locked))
     return locked
+
+
+def _sync_soon(connector: S3Connector) -> None:
+    from uploads.tasks import s3_connector_sync_task
+
+    try:
+        s3_connector_sync_task.apply_async(args=[connector.pk], retry=False)
+    except Exception:  # the broker is down: the next poll lists the bucket
+        logger.warning("S3 connector %s: the broker is unreachable.", connector.pk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +236,11 @@ class ConnectionTest:
 def connector_test(*, connector: S3Connector) -> ConnectionTest:
     """List a few objects under the prefix, or say what is wrong."""
     try:
-        keys = [listed.key for listed in s3.objects_listed(connector, limit=5)]
+        keys = [
+            listed.key
+            for listed in s3.objects_listed(connector, limit=50)
+            if not listed.key.startswith(connector.errors_prefix) and not listed.key.endswith("/")
+        ][:5]
     except StoreProblem as problem:
         if problem.kind == s3.CREDENTIALS:
             _credentials_problem_record(connector, problem.message)

@@ -261,7 +261,8 @@ def _lines_parsed_one_by_one(data: bytes, first_line: int, max_line_bytes: int) 
             message = f"This line is not valid JSON: {getattr(error, 'msg', error)}"
             if isinstance(error, json.JSONDecodeError):
                 message += f" (at character {error.pos + 1})"
-            message += ". Write each event as one JSON object on its own line."
+            message += ". Write each event as one JSON object on its own line. The line: "
+            message += text[:300].decode("utf-8", "replace") + ("…" if len(text) > 300 else "")
             errors.append(Record(line, [], RowError("malformed_json", message)))
             continue
         fields = _event_fields(value)

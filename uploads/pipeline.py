@@ -282,9 +282,14 @@ def _outcome(upload: Upload) -> tuple[str, str]:
         already = ""
         if upload.rows_duplicate:
             already = f" and {upload.rows_duplicate:,} were already recorded"
+        fix = (
+            "Fix the failed rows in the error file (also written to the bucket's errors/ "
+            "folder) and put the corrected file into the bucket under a new name."
+            if upload.batch.source == EventBatch.Source.S3
+            else "Fix the failed rows below (download the error file) and upload it again."
+        )
         return Upload.Status.FAILED, (
-            f"No row was imported: {upload.rows_failed:,} rows failed{already}. "
-            "Fix the failed rows below (download the error file) and upload it again."
+            f"No row was imported: {upload.rows_failed:,} rows failed{already}. {fix}"
         )
     if not upload.rows_imported and upload.rows_duplicate:
         return Upload.Status.NOTHING_NEW, "Nothing new: every row was already recorded."

@@ -96,4 +96,4 @@ def test_connect_a_bucket_and_watch_its_files_import(
     assert "customer" in page.inner_text("#error-table").lower()
 
     page.goto(f"/customers/{customer.pk}/")
-    assert "42.5" in page.content()
+    page.wait_for_selector("text=42.5")  # the usage section loads after the page

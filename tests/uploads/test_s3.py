@@ -334,7 +334,16 @@ def test_failed_rows_are_written_back_beside_the_file(
     assert connector_sync(connector=connector).new == 0
     # The connector's page shows the file, its counts and links to its upload.
     html = finance_client.get(connector.get_absolute_url()).content.decode()
-    assert found.upload.get_absolute_url() in html and "written to usage/errors/" in html
+    assert found.upload.get_absolute_url() in html and found.errors_key in html
+    assert "active: polled every 5 minutes" in html
+    # Its events say where they came from, as the event explorer shows them.
+    from events.selectors import event_source
+
+    label, url = event_source(found.upload.batch)
+    assert (label, url) == (
+        f"S3 import ({connector.name}) #{found.upload.pk}",
+        found.upload.get_absolute_url(),
+    )
 
 
 @pytest.mark.worker
@@ -369,6 +378,8 @@ def test_bad_files_each_get_a_clear_outcome(
     assert (mixed.rows_imported, mixed.rows_failed) == (2, 2)
     codes = dict(mixed.batch.rejections.values_list("line", "code"))
     assert codes == {2: "not_an_object", 3: "malformed_json"}
+    malformed = mixed.batch.rejections.get(line=3).message
+    assert malformed.endswith("The line: {oops")  # so it can be fixed from the error file
     assert upload("plain.csv.gz").rows_imported == 1  # read by its content
     assert files["empty.csv"].state == S3Object.State.FAILED
     assert "empty (0 bytes)" in files["empty.csv"].problem
