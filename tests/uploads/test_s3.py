@@ -336,6 +336,8 @@ def test_failed_rows_are_written_back_beside_the_file(
     html = finance_client.get(connector.get_absolute_url()).content.decode()
     assert found.upload.get_absolute_url() in html and found.errors_key in html
     assert "active: polled every 5 minutes" in html
+    upload_page = finance_client.get(found.upload.get_absolute_url()).content.decode()
+    assert f'found by connector <a href="{connector.get_absolute_url()}">' in upload_page
     # Its events say where they came from, as the event explorer shows them.
     from events.selectors import event_source
 
