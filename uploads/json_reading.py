@@ -161,7 +161,7 @@ def _lines_parsed_by_arrow(data: bytes, first_line: int, max_line_bytes: int) ->
     """The block parsed by pyarrow, or None when it must be read line by line. Its blocks
     are the longest line accepted: a longer line fails it (and is refused line by line)."""
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if not _one_object_a_line(data, lines):
+    if not _one_object_a_line(data, lines) or max(map(len, data.split(b"\n"))) > max_line_bytes:
         return None
     try:
         data.decode("utf-8")
@@ -208,10 +208,12 @@ def _one_object_a_line(data: bytes, lines: int) -> bool:
 
 
 def _arrow_table(data: bytes, max_line_bytes: int) -> pa.Table:
-    """The block as a table. pyarrow reads RFC 3339 strings as timestamps, whose text is not
-    the file's: such columns (a timestamp, a date-like payload value) are read again as
-    text."""
-    options = pajson.ReadOptions(block_size=max_line_bytes)
+    """The block as a table, read as one chunk: a field whose type changes between pyarrow's
+    chunks (a payload that is a number, then objects a megabyte later) crashed the process
+    (pyarrow 26), where within one chunk it is an error (and the block is read line by
+    line). pyarrow reads RFC 3339 strings as timestamps, whose text is not the file's: such
+    columns (a timestamp, a date-like payload value) are read again as text."""
+    options = pajson.ReadOptions(block_size=len(data) + 1)
     table = pajson.read_json(io.BytesIO(data), read_options=options)
     fields, retyped = [], False
     for column in table.schema:

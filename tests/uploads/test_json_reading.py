@@ -220,3 +220,14 @@ def test_two_events_on_a_line_and_one_split_over_two_are_errors_not_shifted_even
         (2, "malformed_json"),
         (3, "malformed_json"),
     ]
+
+
+def test_a_field_whose_type_changes_far_into_a_block_is_read_line_by_line() -> None:
+    """A payload that is a number, then objects a megabyte on: pyarrow crashed the process
+    when the two fell in different chunks of its reading; one chunk a block, it declines."""
+    data = b'{"event_name": "a", "payload": 3}\n' + b'{"event_name": "b"}\n' * 60_000
+    data += b'{"event_name": "c", "payload": {"v": "1"}}\n'
+    assert json_reading._lines_parsed_by_arrow(data, 1, LIMIT) is None
+    _, records = read(data)
+    assert records[0].error is not None and records[0].error.code == "payload_not_object"
+    assert records[-1].fields[-1] == "1" and len(records) == 60_002
