@@ -22,12 +22,11 @@ from uploads.connectors import (
 )
 from uploads.forms import ConnectorForm
 from uploads.models import S3Connector
+from uploads.views import STOP_POLLING
 from usage_portal.forms import form_add_service_error
 from usage_portal.pagination import page_of
 from usage_portal.roles import Role, role_required
 from usage_portal.types import HtmxHttpRequest
-
-STOP_POLLING = 286
 
 
 def _fields(form: ConnectorForm) -> ConnectorFields:

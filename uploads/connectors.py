@@ -19,7 +19,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -221,10 +221,18 @@ def connector_pause(*, connector: S3Connector, paused: bool, actor: User | None)
 def _sync_soon(connector: S3Connector) -> None:
     from uploads.tasks import s3_connector_sync_task
 
+    _send(s3_connector_sync_task, connector.pk, "S3 connector")
+
+
+def _send(task: Any, pk: int, what: str) -> bool:
+    """Send ``task`` for ``pk`` once, without retrying: False (and a warning) when the
+    broker is unreachable; the next poll sends it again."""
     try:
-        s3_connector_sync_task.apply_async(args=[connector.pk], retry=False)
-    except Exception:  # the broker is down: the next poll lists the bucket
-        logger.warning("S3 connector %s: the broker is unreachable.", connector.pk)
+        task.apply_async(args=[pk], retry=False)
+    except Exception:  # any broker failure: kombu, redis, OS errors
+        logger.warning("%s %s: the broker is unreachable.", what, pk, exc_info=True)
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,11 +362,9 @@ def s3_objects_send(*, connector: S3Connector) -> int:
     S3Object.objects.filter(pk__in=ids).update(queued_at=now)
     sent = 0
     for object_id in ids:
-        try:
-            s3_object_import_task.apply_async(args=[object_id], retry=False)
+        if _send(s3_object_import_task, object_id, "S3 object"):
             sent += 1
-        except Exception:  # the broker is down: the next poll sends it
-            logger.warning("S3 object %s: the broker is unreachable.", object_id, exc_info=True)
+        else:
             S3Object.objects.filter(pk=object_id).update(queued_at=None)
     return sent
 
@@ -370,11 +376,8 @@ def connectors_poll() -> list[int]:
 
     sent = []
     for connector in S3Connector.objects.filter(paused_at__isnull=True, credentials_problem=""):
-        try:
-            s3_connector_sync_task.apply_async(args=[connector.pk], retry=False)
+        if _send(s3_connector_sync_task, connector.pk, "S3 connector"):
             sent.append(connector.pk)
-        except Exception:
-            logger.warning("S3 connector %s: the broker is unreachable.", connector.pk)
     for object_id in S3Object.objects.filter(
         state=S3Object.State.DOWNLOADED,
         errors_written_at__isnull=True,
@@ -479,10 +482,7 @@ def _upload_record(found: S3Object, *, stored: str, size: int) -> Upload | None:
 def s3_errors_write_soon(*, object_id: int) -> None:
     from uploads.tasks import s3_errors_write_task
 
-    try:
-        s3_errors_write_task.apply_async(args=[object_id], retry=False)
-    except Exception:  # the next poll sends it
-        logger.warning("S3 object %s: the broker is unreachable.", object_id)
+    _send(s3_errors_write_task, object_id, "S3 object")
 
 
 def upload_finished_announce(*, upload_id: int) -> None:

@@ -95,7 +95,4 @@ class ConnectorForm(PortalForm):
         "import a checked file from its upload's page.",
     )
 
-    def clean_rows_without_identifier(self) -> str:
-        return self.cleaned_data["rows_without_identifier"] or str(
-            Upload.RowsWithoutIdentifier.NEW_USAGE
-        )
+    clean_rows_without_identifier = UploadForm.clean_rows_without_identifier  # the default
