@@ -4,7 +4,6 @@ file import; the usage is on the customer's page."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -44,12 +43,16 @@ def test_connect_a_bucket_and_watch_its_files_import(
     UserFactory.create(username="ada-admin", role=Role.ADMIN)
     s3 = moto.client()
     s3.create_bucket(Bucket="acme-usage")
-    day = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%d")
+    # Inside the current month whatever the date (the customer page shows this month; the
+    # worker, another process, checks timestamps against the real clock, so none is frozen).
+    now = timezone.now()
+    when = max(now - timedelta(hours=2), now.replace(day=1, hour=0, minute=0, second=0))
     csv_body = (
-        f"timestamp,event_name,payload_stripe_customer_id,payload_value\n{day},api_calls,cus_1,30\n"
+        "timestamp,event_name,payload_stripe_customer_id,payload_value\n"
+        f"{when.strftime('%Y-%m-%dT%H:%M:%SZ')},api_calls,cus_1,30\n"
     )
     s3.put_object(Bucket="acme-usage", Key="usage/monday.csv", Body=csv_body.encode())
-    stamp = int(time.time()) - 7200
+    stamp = int(when.timestamp())
     lines = [
         {
             "event_name": "api_calls",
